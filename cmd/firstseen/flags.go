@@ -1,0 +1,180 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"golang.org/x/term"
+
+	"github.com/firstseen/firstseen/engine"
+	"github.com/firstseen/firstseen/operators"
+)
+
+const envPrefix = "FIRSTSEEN_"
+
+// envName is the environment variable that can set a flag.
+func envName(flag string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// applyEnv sets every flag not given on the command line from its
+// environment variable, if set.
+func applyEnv(fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Changed {
+			return
+		}
+		v, ok := os.LookupEnv(envName(f.Name))
+		if !ok {
+			return
+		}
+		if e := fs.Set(f.Name, v); e != nil {
+			shown := v
+			if isSecret(f.Name) {
+				shown = "***"
+			}
+			err = usageError{fmt.Errorf("invalid %s=%q (for --%s): %v", envName(f.Name), shown, f.Name, e)}
+		}
+	})
+	return err
+}
+
+func isSecret(name string) bool { return strings.Contains(name, "password") }
+
+// pipelineFlags are the flags of the processor, shared by run and demo.
+type pipelineFlags struct {
+	brokers            []string
+	topic, group       string
+	stateDir           string
+	dlqTopic           string
+	chAddr             string
+	chDatabase         string
+	chTable            string
+	chUser             string
+	chPassword         string
+	timezone           string
+	tolerance          time.Duration
+	idleTimeout        time.Duration
+	maxFuture          time.Duration
+	checkpointInterval time.Duration
+	shutdownTimeout    time.Duration
+	uuidField          string
+	timeField          string
+	logLevel           string
+	logFormat          string
+}
+
+func (f *pipelineFlags) addEvent(fs *pflag.FlagSet) {
+	fs.StringVar(&f.timezone, "timezone", "UTC", "IANA time zone that defines calendar days for is_new and event_date (e.g. Asia/Shanghai)")
+	fs.DurationVar(&f.tolerance, "tolerance", 10*time.Minute, "how far out of event-time order a record may arrive and still be on time")
+	fs.DurationVar(&f.idleTimeout, "idle-timeout", time.Minute, "after this long with no new record, a caught-up partition's watermark follows the wall clock")
+	fs.DurationVar(&f.maxFuture, "max-future", time.Hour, "records stamped further than this ahead of their Kafka timestamp go to the dead-letter topic")
+	fs.DurationVar(&f.checkpointInterval, "checkpoint-interval", 5*time.Second, "how often rows are flushed to the sink and state, offsets and watermarks are checkpointed")
+	fs.StringVar(&f.uuidField, "uuid-field", "uuid", "JSON member holding the user's uuid")
+	fs.StringVar(&f.timeField, "time-field", "event_time", "JSON member holding the event time (epoch milliseconds or RFC 3339)")
+}
+
+func (f *pipelineFlags) addClickHouse(fs *pflag.FlagSet, table string) {
+	fs.StringVar(&f.chAddr, "clickhouse-addr", "localhost:9000", "ClickHouse native-protocol address, host:port (comma-separated for several replicas)")
+	fs.StringVar(&f.chDatabase, "clickhouse-database", "default", "ClickHouse database; created if missing")
+	fs.StringVar(&f.chTable, "clickhouse-table", table, "ClickHouse table for enriched rows; created if missing")
+	fs.StringVar(&f.chUser, "clickhouse-user", "default", "ClickHouse user")
+	fs.StringVar(&f.chPassword, "clickhouse-password", "", "ClickHouse password; prefer the environment variable "+envName("clickhouse-password")+" so it stays out of process listings")
+}
+
+func (f *pipelineFlags) addLogging(fs *pflag.FlagSet) {
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, json otherwise)")
+}
+
+// validate checks the event-time flags and returns the operator config.
+func (f *pipelineFlags) operatorConfig() (operators.Config, error) {
+	var problems []string
+	loc, err := time.LoadLocation(f.timezone)
+	if err != nil || f.timezone == "" || strings.EqualFold(f.timezone, "local") {
+		problems = append(problems, fmt.Sprintf("--timezone %q is not an IANA time zone name (like UTC or Europe/Berlin)", f.timezone))
+	}
+	if f.tolerance <= 0 || f.tolerance >= 24*time.Hour {
+		problems = append(problems, fmt.Sprintf("--tolerance %s must be above 0 and below 24h", f.tolerance))
+	}
+	if f.idleTimeout <= 0 {
+		problems = append(problems, fmt.Sprintf("--idle-timeout %s must be above 0", f.idleTimeout))
+	}
+	if f.maxFuture <= 0 {
+		problems = append(problems, fmt.Sprintf("--max-future %s must be above 0", f.maxFuture))
+	}
+	if f.checkpointInterval < 100*time.Millisecond {
+		problems = append(problems, fmt.Sprintf("--checkpoint-interval %s must be at least 100ms", f.checkpointInterval))
+	}
+	if f.uuidField == "" || f.timeField == "" || f.uuidField == f.timeField {
+		problems = append(problems, "--uuid-field and --time-field must be set and differ")
+	}
+	if len(problems) > 0 {
+		return operators.Config{}, usageError{fmt.Errorf("%s", strings.Join(problems, "\n  "))}
+	}
+	return operators.Config{
+		Tolerance: f.tolerance, MaxFuture: f.maxFuture, IdleTimeout: f.idleTimeout,
+		Calendar: operators.NewCalendar(loc), UUIDField: f.uuidField, TimeField: f.timeField,
+	}, nil
+}
+
+func checkHostPorts(flag string, addrs []string) error {
+	if len(addrs) == 0 {
+		return usageError{fmt.Errorf("--%s is empty: give host:port", flag)}
+	}
+	for _, a := range addrs {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			return usageError{fmt.Errorf("--%s: %q is not host:port", flag, a)}
+		}
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func (f *pipelineFlags) logger() (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return nil, usageError{fmt.Errorf("--log-level %q: want debug, info, warn or error", f.logLevel)}
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch f.logFormat {
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "auto":
+		if term.IsTerminal(int(os.Stderr.Fd())) {
+			return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+		}
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, usageError{fmt.Errorf("--log-format %q: want text, json or auto", f.logFormat)}
+}
+
+// engineConfig builds the engine configuration shared by run and demo.
+func (f *pipelineFlags) engineConfig(op operators.Config, log *slog.Logger) engine.Config {
+	return engine.Config{
+		Brokers: f.brokers, Topic: f.topic, Group: f.group, DLQTopic: f.dlqTopic, StateDir: f.stateDir,
+		Operator: op, Timezone: f.timezone, CheckpointInterval: f.checkpointInterval,
+		ShutdownTimeout: f.shutdownTimeout, Logger: log,
+	}
+}
+
+// preRun applies the environment before a command's flags are validated.
+func preRun(cmd *cobra.Command, _ []string) error { return applyEnv(cmd.Flags()) }

@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/firstseen/firstseen/engine"
+	"github.com/firstseen/firstseen/sinks"
+	"github.com/firstseen/firstseen/sinks/clickhouse"
+	"github.com/firstseen/firstseen/sinks/filesink"
+)
+
+func newRunCmd() *cobra.Command {
+	var (
+		f             pipelineFlags
+		brokers       string
+		sinkKind      string
+		sinkPath      string
+		untilCaughtUp bool
+	)
+	cmd := &cobra.Command{
+		Use:   "run --topic TOPIC [flags]",
+		Short: "Process a Kafka topic of activity logs into ClickHouse",
+		Long: `run consumes --topic, decides is_new and late for every record, and writes the
+enriched rows to ClickHouse (or, with --sink file, to a JSON Lines file).
+
+Rows are written at each checkpoint (every --checkpoint-interval). A record
+whose user might still turn out to have been active on an earlier day waits
+until the watermark passes that midnight; all others are written at the next
+checkpoint. Malformed records go to --dlq-topic with the reason in a header.
+
+State, offsets and watermarks live in --state-dir; a restart resumes from
+there, never from the consumer group's offsets (which are committed only so
+that lag tools see progress). On SIGTERM or SIGINT it takes a final checkpoint
+and exits 0 within --shutdown-timeout; a second signal exits at once, which is
+safe: the next start replays from the last checkpoint.`,
+		Example: `  firstseen run --brokers kafka-1:9092,kafka-2:9092 --topic activity \
+      --clickhouse-addr clickhouse:9000 --clickhouse-database analytics \
+      --state-dir /var/lib/firstseen --timezone Asia/Shanghai
+
+  # A daily batch job: process what is there, checkpoint, exit 0.
+  firstseen run --topic activity --until-caught-up`,
+		Args:    cobra.NoArgs,
+		PreRunE: preRun,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			f.brokers = splitList(brokers)
+			if f.topic == "" {
+				return usageError{fmt.Errorf("--topic is required: the Kafka topic holding the activity logs")}
+			}
+			if err := checkHostPorts("brokers", f.brokers); err != nil {
+				return err
+			}
+			if f.stateDir == "" {
+				return usageError{fmt.Errorf("--state-dir is empty: give a directory for the state")}
+			}
+			if f.shutdownTimeout <= 0 {
+				return usageError{fmt.Errorf("--shutdown-timeout %s must be above 0", f.shutdownTimeout)}
+			}
+			op, err := f.operatorConfig()
+			if err != nil {
+				return err
+			}
+			log, err := f.logger()
+			if err != nil {
+				return err
+			}
+			ctx, stop := signalContext(log)
+			defer stop()
+
+			cfg := f.engineConfig(op, log)
+			cfg.UntilCaughtUp = untilCaughtUp
+			switch sinkKind {
+			case "clickhouse":
+				if err := checkHostPorts("clickhouse-addr", splitList(f.chAddr)); err != nil {
+					return err
+				}
+				s, err := openClickHouse(ctx, &f, log)
+				if err != nil {
+					return err
+				}
+				defer s.Close()
+				cfg.Sink, cfg.IsRetryable = s, clickhouse.IsRetryable
+			case "file":
+				if sinkPath == "" {
+					return usageError{fmt.Errorf("--sink file needs --sink-path, the JSON Lines file to append to")}
+				}
+				s, err := filesink.Open(sinkPath)
+				if err != nil {
+					return err
+				}
+				defer s.Close()
+				cfg.Sink = s
+			default:
+				return usageError{fmt.Errorf("--sink %q: want clickhouse or file", sinkKind)}
+			}
+			st, err := engine.Run(ctx, cfg)
+			logSummary(log, st)
+			return err
+		},
+	}
+	fs := cmd.Flags()
+	fs.SortFlags = false
+	fs.StringVar(&brokers, "brokers", "localhost:9092", "Kafka bootstrap brokers, comma-separated host:port")
+	fs.StringVar(&f.topic, "topic", "", "Kafka topic of the activity logs (required)")
+	fs.StringVar(&f.group, "group", "firstseen", "consumer group under which progress is committed for lag monitoring")
+	fs.StringVar(&f.stateDir, "state-dir", "firstseen-state", "directory of the local state (Pebble): first-seen times, offsets, watermarks, held records")
+	fs.StringVar(&f.dlqTopic, "dlq-topic", "", "dead-letter topic for malformed records (default <topic>.dlq)")
+	f.addClickHouse(fs, "enriched_logs")
+	f.addEvent(fs)
+	fs.BoolVar(&untilCaughtUp, "until-caught-up", false, "process what the topic holds at start, take a final checkpoint and exit 0 (for scheduled jobs)")
+	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long the final checkpoint may take")
+	fs.StringVar(&sinkKind, "sink", "clickhouse", "where rows go: clickhouse, or file (JSON Lines at --sink-path)")
+	fs.StringVar(&sinkPath, "sink-path", "", "with --sink file: the JSON Lines file rows are appended to")
+	f.addLogging(fs)
+	return cmd
+}
+
+// openClickHouse connects, retrying while the error is transient, so a
+// processor started before its database waits for it.
+func openClickHouse(ctx context.Context, f *pipelineFlags, log *slog.Logger) (*clickhouse.Sink, error) {
+	cfg := clickhouse.Config{Addr: splitList(f.chAddr), Database: f.chDatabase, Table: f.chTable, User: f.chUser, Password: f.chPassword}
+	backoff := time.Second
+	for {
+		s, err := clickhouse.Open(ctx, cfg)
+		if err == nil {
+			log.Info("clickhouse connected", "addr", f.chAddr, "table", s.Table(), "server_version", s.ServerVersion())
+			return s, nil
+		}
+		if !clickhouse.IsRetryable(err) || ctx.Err() != nil {
+			return nil, err
+		}
+		log.Warn("clickhouse not reachable; retrying", "retry_in", backoff, "err", err)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return nil, err
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// signalContext is cancelled by the first SIGTERM or SIGINT; a second one
+// exits the process at once. That is safe: state is only ever changed by
+// atomic, synced checkpoint commits, so the next start replays from the last
+// one.
+func signalContext(log *slog.Logger) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan os.Signal, 2)
+	signal.Notify(ch, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		s := <-ch
+		log.Info("signal received: finishing the current batch and checkpointing; send it again to exit at once", "signal", s.String())
+		cancel()
+		s = <-ch
+		log.Warn("second signal: exiting now; the next start replays from the last checkpoint", "signal", s.String())
+		os.Exit(128 + int(s.(syscall.Signal)))
+	}()
+	return ctx, func() { signal.Stop(ch); cancel() }
+}
+
+func logSummary(log *slog.Logger, st engine.Stats) {
+	rate := 0.0
+	if st.Elapsed > 0 {
+		rate = float64(st.Records) / st.Elapsed.Seconds()
+	}
+	log.Info("done", "records", st.Records, "rows", st.Rows, "new", st.New, "late", st.Late,
+		"dead_lettered", st.DeadLettered, "held", st.Held, "checkpoints", st.Checkpoints,
+		"elapsed", st.Elapsed.Round(time.Millisecond), "records_per_sec", int64(rate))
+}
+
+var _ sinks.Sink = (*filesink.Sink)(nil)

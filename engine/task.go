@@ -1,0 +1,169 @@
+package engine
+
+import (
+	"sync/atomic"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/firstseen/firstseen/operators"
+	"github.com/firstseen/firstseen/sinks"
+	"github.com/firstseen/firstseen/state"
+)
+
+// control is a message from the coordinator to a task. Exactly one field is
+// set. Control messages share one channel so that their order is kept.
+type control struct {
+	barrier   chan<- *snapshot // hand over the epoch's output
+	committed *sinks.Batch     // the epoch committed; its row buffer comes back
+	tick      int64            // wall-clock ms, sent only while caught up
+	stop      bool
+}
+
+// snapshot is what a task hands over at a barrier.
+type snapshot struct {
+	task      *task
+	partition int32
+	rows      *sinks.Batch
+	dead      []*kgo.Record
+	batch     *state.Batch
+	next      int64
+	progress  operators.Progress
+	held      int
+}
+
+// taskStore is a task's view of first-seen state: updates of the current
+// epoch, then those of the epoch being committed, then the database.
+type taskStore struct {
+	cur, prev map[operators.UUID]int64
+	db        *state.Reader
+}
+
+func (s *taskStore) Get(u *operators.UUID) (int64, bool) {
+	if v, ok := s.cur[*u]; ok {
+		return v, true
+	}
+	if v, ok := s.prev[*u]; ok {
+		return v, true
+	}
+	return s.db.Get(u)
+}
+
+func (s *taskStore) Set(u *operators.UUID, firstSeen int64) { s.cur[*u] = firstSeen }
+
+// counters are a task's running totals, read by the coordinator.
+type counters struct {
+	records, rows, late, isNew, dead atomic.Int64
+}
+
+// task runs one partition.
+type task struct {
+	partition int32
+	topic     string
+	dlqTopic  string
+	maxRows   int
+	db        *state.DB
+
+	op    *operators.FirstSeen
+	store taskStore
+	rows  *sinks.Batch
+	spare *sinks.Batch
+	dead  []*kgo.Record
+	next  int64 // first offset not processed
+	rec   operators.Record
+
+	in   chan []*kgo.Record
+	ctl  chan control
+	full chan<- struct{}
+
+	pos atomic.Int64 // published next offset
+	end atomic.Int64 // log end (last stable offset) as last seen by the poller
+	counters
+}
+
+// Emit implements operators.Emitter.
+func (t *task) Emit(r *operators.Row) {
+	t.rows.Append(r)
+	t.counters.rows.Add(1)
+	if r.Late {
+		t.counters.late.Add(1)
+	}
+	if r.IsNew {
+		t.counters.isNew.Add(1)
+	}
+}
+
+type heldWriter struct {
+	b *state.Batch
+	p int32
+}
+
+func (w heldWriter) PutHeld(h *operators.Held) { w.b.PutHeld(w.p, h) }
+func (w heldWriter) DeleteHeld(offset int64)   { w.b.DeleteHeld(w.p, offset) }
+
+// run is the task's goroutine. It returns when told to stop.
+func (t *task) run() {
+	defer t.store.db.Close()
+	for {
+		in := t.in
+		if t.rows.Len() >= t.maxRows {
+			in = nil // back-pressure: wait for the next checkpoint
+			select {
+			case t.full <- struct{}{}:
+			default:
+			}
+		}
+		select {
+		case recs := <-in:
+			t.process(recs)
+		case m := <-t.ctl:
+			switch {
+			case m.barrier != nil:
+				m.barrier <- t.snapshot()
+			case m.committed != nil:
+				m.committed.Reset()
+				t.spare = m.committed
+				clear(t.store.prev)
+				if err := t.store.db.Refresh(); err != nil {
+					panic(err) // the database is closed only after every task stopped
+				}
+			case m.stop:
+				return
+			default:
+				t.op.Tick(m.tick)
+			}
+		}
+	}
+}
+
+func (t *task) process(recs []*kgo.Record) {
+	for _, r := range recs {
+		if r.Offset < t.next {
+			continue // a re-fetch after a broker error
+		}
+		t.next = r.Offset + 1
+		if r.Attrs.IsControl() {
+			continue
+		}
+		t.counters.records.Add(1)
+		t.rec = operators.Record{Value: r.Value, Offset: r.Offset, Timestamp: r.Timestamp.UnixMilli()}
+		if reason := t.op.Process(&t.rec); reason != operators.OK {
+			t.dead = append(t.dead, deadLetter(t.dlqTopic, t.topic, r, reason))
+			t.counters.dead.Add(1)
+		}
+	}
+	t.pos.Store(t.next)
+}
+
+func (t *task) snapshot() *snapshot {
+	s := &snapshot{task: t, partition: t.partition, rows: t.rows, dead: t.dead, batch: t.db.NewBatch(),
+		next: t.next, progress: t.op.Progress(), held: t.op.HeldCount()}
+	for u, fs := range t.store.cur {
+		s.batch.SetUser(&u, fs)
+	}
+	t.op.CheckpointHeld(heldWriter{s.batch, t.partition})
+	s.batch.PutPartition(t.partition, state.PartitionCheckpoint{NextOffset: t.next, Progress: s.progress})
+	t.store.prev, t.store.cur = t.store.cur, t.store.prev
+	t.rows, t.spare = t.spare, nil
+	t.dead = nil
+	return s
+}

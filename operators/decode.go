@@ -1,0 +1,505 @@
+package operators
+
+import (
+	"math"
+	"strconv"
+	"unsafe"
+)
+
+// Reason says why a record was refused. Refused records go to the
+// dead-letter topic with the reason's String in a header.
+type Reason uint8
+
+// The reasons a record can be refused. The zero value means accepted.
+const (
+	OK Reason = iota
+	NotJSON
+	NotObject
+	NoUUID
+	BadUUID
+	NoEventTime
+	BadEventTime
+	TooFarInFuture
+)
+
+var reasonText = [...]string{
+	OK:             "ok",
+	NotJSON:        "not_json",
+	NotObject:      "not_object",
+	NoUUID:         "missing_uuid",
+	BadUUID:        "bad_uuid",
+	NoEventTime:    "missing_event_time",
+	BadEventTime:   "bad_event_time",
+	TooFarInFuture: "event_time_too_far_in_future",
+}
+
+func (r Reason) String() string {
+	if int(r) < len(reasonText) {
+		return reasonText[r]
+	}
+	return "unknown"
+}
+
+// Event is a decoded input record.
+type Event struct {
+	UUID      UUID
+	EventTime int64  // epoch milliseconds
+	Payload   []byte // the JSON object without the uuid and event-time members; aliases the decoder's buffer
+}
+
+// Decoder extracts the uuid and event-time members from a JSON object
+// without allocating. It validates the whole value as JSON and rebuilds the
+// payload from the remaining members, byte for byte, in their order.
+type Decoder struct {
+	uuidField []byte
+	timeField []byte
+	payload   []byte
+}
+
+// NewDecoder returns a decoder for the given member names.
+func NewDecoder(uuidField, timeField string) *Decoder {
+	return &Decoder{uuidField: []byte(uuidField), timeField: []byte(timeField), payload: make([]byte, 0, 512)}
+}
+
+// Decode parses value into ev. ev.Payload stays valid until the next call.
+func (d *Decoder) Decode(value []byte, ev *Event) Reason {
+	s := scanner{b: value}
+	s.ws()
+	if s.i >= len(s.b) {
+		return NotJSON
+	}
+	if s.b[s.i] != '{' {
+		if !s.value() {
+			return NotJSON
+		}
+		if s.ws(); s.i != len(s.b) {
+			return NotJSON
+		}
+		return NotObject
+	}
+	s.i++
+	d.payload = append(d.payload[:0], '{')
+	var uuidVal, timeVal []byte
+	var timeIsString, haveUUID, haveTime, uuidIsString bool
+	s.ws()
+	if s.i < len(s.b) && s.b[s.i] == '}' {
+		s.i++
+	} else {
+		for {
+			s.ws()
+			memberStart := s.i
+			key, ok := s.str()
+			if !ok {
+				return NotJSON
+			}
+			s.ws()
+			if s.i >= len(s.b) || s.b[s.i] != ':' {
+				return NotJSON
+			}
+			s.i++
+			s.ws()
+			valStart := s.i
+			if !s.value() {
+				return NotJSON
+			}
+			val := s.b[valStart:s.i]
+			switch {
+			case string(key) == string(d.uuidField):
+				uuidVal, haveUUID, uuidIsString = val, true, val[0] == '"'
+			case string(key) == string(d.timeField):
+				timeVal, haveTime, timeIsString = val, true, val[0] == '"'
+			default:
+				if len(d.payload) > 1 {
+					d.payload = append(d.payload, ',')
+				}
+				d.payload = append(d.payload, s.b[memberStart:s.i]...)
+			}
+			s.ws()
+			if s.i >= len(s.b) {
+				return NotJSON
+			}
+			if s.b[s.i] == ',' {
+				s.i++
+				continue
+			}
+			if s.b[s.i] == '}' {
+				s.i++
+				break
+			}
+			return NotJSON
+		}
+	}
+	s.ws()
+	if s.i != len(s.b) {
+		return NotJSON
+	}
+	d.payload = append(d.payload, '}')
+	ev.Payload = d.payload
+
+	if !haveUUID || string(uuidVal) == "null" {
+		return NoUUID
+	}
+	if !uuidIsString {
+		return BadUUID
+	}
+	var ok bool
+	if ev.UUID, ok = ParseUUID(uuidVal[1 : len(uuidVal)-1]); !ok {
+		return BadUUID
+	}
+	if !haveTime || string(timeVal) == "null" {
+		return NoEventTime
+	}
+	if timeIsString {
+		ev.EventTime, ok = parseTimeString(timeVal[1 : len(timeVal)-1])
+	} else {
+		ev.EventTime, ok = parseEpochMillis(timeVal)
+	}
+	if !ok {
+		return BadEventTime
+	}
+	return OK
+}
+
+// parseEpochMillis parses a JSON number of epoch milliseconds. A fraction is
+// truncated towards minus infinity.
+func parseEpochMillis(b []byte) (int64, bool) {
+	if n, ok := parseInt(b); ok {
+		return n, true
+	}
+	if b[0] != '-' && (b[0] < '0' || b[0] > '9') {
+		return 0, false
+	}
+	f, err := strconv.ParseFloat(unsafe.String(&b[0], len(b)), 64)
+	if err != nil || math.IsInf(f, 0) || math.IsNaN(f) || math.Abs(f) > 1<<53 {
+		return 0, false
+	}
+	return int64(math.Floor(f)), true
+}
+
+func parseInt(b []byte) (int64, bool) {
+	neg := false
+	if len(b) > 0 && b[0] == '-' {
+		neg, b = true, b[1:]
+	}
+	if len(b) == 0 || len(b) > 18 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if neg {
+		n = -n
+	}
+	return n, true
+}
+
+// parseTimeString accepts RFC 3339 (T, t or a space between date and time;
+// Z, z or a numeric offset; any number of fraction digits, kept to the
+// millisecond) or a string of decimal epoch milliseconds.
+func parseTimeString(b []byte) (int64, bool) {
+	if n, ok := parseInt(b); ok {
+		return n, true
+	}
+	if len(b) < 20 || b[4] != '-' || b[7] != '-' || (b[10] != 'T' && b[10] != 't' && b[10] != ' ') || b[13] != ':' || b[16] != ':' {
+		return 0, false
+	}
+	year, ok1 := digits(b[0:4])
+	month, ok2 := digits(b[5:7])
+	day, ok3 := digits(b[8:10])
+	hour, ok4 := digits(b[11:13])
+	minute, ok5 := digits(b[14:16])
+	sec, ok6 := digits(b[17:19])
+	if !(ok1 && ok2 && ok3 && ok4 && ok5 && ok6) || month < 1 || month > 12 || day < 1 ||
+		day > daysIn(year, month) || hour > 23 || minute > 59 || sec > 60 {
+		return 0, false
+	}
+	if sec == 60 { // a leap second folds into the next second's first instant
+		sec = 59
+	}
+	i := 19
+	var ms int64
+	if i < len(b) && b[i] == '.' {
+		i++
+		start := i
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			if i-start < 3 {
+				ms = ms*10 + int64(b[i]-'0')
+			}
+			i++
+		}
+		n := i - start
+		if n == 0 {
+			return 0, false
+		}
+		for ; n < 3; n++ {
+			ms *= 10
+		}
+	}
+	if i >= len(b) {
+		return 0, false
+	}
+	var offset int64
+	switch b[i] {
+	case 'Z', 'z':
+		i++
+	case '+', '-':
+		if len(b)-i != 6 || b[i+3] != ':' {
+			return 0, false
+		}
+		oh, ok1 := digits(b[i+1 : i+3])
+		om, ok2 := digits(b[i+4 : i+6])
+		if !ok1 || !ok2 || oh > 23 || om > 59 {
+			return 0, false
+		}
+		offset = (oh*60 + om) * 60 * 1000
+		if b[i] == '-' {
+			offset = -offset
+		}
+		i += 6
+	default:
+		return 0, false
+	}
+	if i != len(b) {
+		return 0, false
+	}
+	days := daysFromCivil(year, month, day)
+	return days*msPerDay + ((hour*60+minute)*60+sec)*1000 + ms - offset, true
+}
+
+func digits(b []byte) (int64, bool) {
+	var n int64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+func daysIn(year, month int64) int64 {
+	switch month {
+	case 2:
+		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
+			return 29
+		}
+		return 28
+	case 4, 6, 9, 11:
+		return 30
+	}
+	return 31
+}
+
+// daysFromCivil returns the days since 1970-01-01 of a proleptic Gregorian
+// date (H. Hinnant's algorithm).
+func daysFromCivil(y, m, d int64) int64 {
+	if m <= 2 {
+		y--
+	}
+	era := floorDiv(y, 400)
+	yoe := y - era*400
+	mp := (m + 9) % 12
+	doy := (153*mp+2)/5 + d - 1
+	doe := yoe*365 + yoe/4 - yoe/100 + doy
+	return era*146097 + doe - 719468
+}
+
+// scanner is a minimal JSON validator over a byte slice.
+type scanner struct {
+	b []byte
+	i int
+}
+
+func (s *scanner) ws() {
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return
+		}
+	}
+}
+
+// str scans a string and returns its raw contents (escapes not decoded).
+func (s *scanner) str() ([]byte, bool) {
+	if s.i >= len(s.b) || s.b[s.i] != '"' {
+		return nil, false
+	}
+	s.i++
+	start := s.i
+	for s.i < len(s.b) {
+		c := s.b[s.i]
+		switch {
+		case c == '"':
+			raw := s.b[start:s.i]
+			s.i++
+			return raw, true
+		case c == '\\':
+			s.i++
+			if s.i >= len(s.b) {
+				return nil, false
+			}
+			switch s.b[s.i] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				s.i++
+			case 'u':
+				if s.i+4 >= len(s.b) {
+					return nil, false
+				}
+				for k := 1; k <= 4; k++ {
+					if unhex(s.b[s.i+k]) > 15 {
+						return nil, false
+					}
+				}
+				s.i += 5
+			default:
+				return nil, false
+			}
+		case c < 0x20:
+			return nil, false
+		default:
+			s.i++
+		}
+	}
+	return nil, false
+}
+
+const maxDepth = 512
+
+func (s *scanner) value() bool { return s.valueDepth(0) }
+
+func (s *scanner) valueDepth(depth int) bool {
+	if s.i >= len(s.b) || depth > maxDepth {
+		return false
+	}
+	switch c := s.b[s.i]; {
+	case c == '"':
+		_, ok := s.str()
+		return ok
+	case c == '{':
+		s.i++
+		s.ws()
+		if s.i < len(s.b) && s.b[s.i] == '}' {
+			s.i++
+			return true
+		}
+		for {
+			s.ws()
+			if _, ok := s.str(); !ok {
+				return false
+			}
+			s.ws()
+			if s.i >= len(s.b) || s.b[s.i] != ':' {
+				return false
+			}
+			s.i++
+			s.ws()
+			if !s.valueDepth(depth + 1) {
+				return false
+			}
+			s.ws()
+			if s.i >= len(s.b) {
+				return false
+			}
+			if s.b[s.i] == ',' {
+				s.i++
+				continue
+			}
+			if s.b[s.i] == '}' {
+				s.i++
+				return true
+			}
+			return false
+		}
+	case c == '[':
+		s.i++
+		s.ws()
+		if s.i < len(s.b) && s.b[s.i] == ']' {
+			s.i++
+			return true
+		}
+		for {
+			s.ws()
+			if !s.valueDepth(depth + 1) {
+				return false
+			}
+			s.ws()
+			if s.i >= len(s.b) {
+				return false
+			}
+			if s.b[s.i] == ',' {
+				s.i++
+				continue
+			}
+			if s.b[s.i] == ']' {
+				s.i++
+				return true
+			}
+			return false
+		}
+	case c == 't':
+		return s.lit("true")
+	case c == 'f':
+		return s.lit("false")
+	case c == 'n':
+		return s.lit("null")
+	case c == '-' || (c >= '0' && c <= '9'):
+		return s.number()
+	}
+	return false
+}
+
+func (s *scanner) lit(w string) bool {
+	if len(s.b)-s.i < len(w) || string(s.b[s.i:s.i+len(w)]) != w {
+		return false
+	}
+	s.i += len(w)
+	return true
+}
+
+func (s *scanner) number() bool {
+	if s.b[s.i] == '-' {
+		s.i++
+	}
+	if s.i >= len(s.b) {
+		return false
+	}
+	if s.b[s.i] == '0' {
+		s.i++
+	} else if s.b[s.i] >= '1' && s.b[s.i] <= '9' {
+		for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+			s.i++
+		}
+	} else {
+		return false
+	}
+	if s.i < len(s.b) && s.b[s.i] == '.' {
+		s.i++
+		n := s.i
+		for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+			s.i++
+		}
+		if s.i == n {
+			return false
+		}
+	}
+	if s.i < len(s.b) && (s.b[s.i] == 'e' || s.b[s.i] == 'E') {
+		s.i++
+		if s.i < len(s.b) && (s.b[s.i] == '+' || s.b[s.i] == '-') {
+			s.i++
+		}
+		n := s.i
+		for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+			s.i++
+		}
+		if s.i == n {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,110 @@
+// Package sinks writes enriched rows to their destinations.
+//
+// The engine hands a sink one [Batch] per checkpoint epoch and takes the
+// checkpoint only after [Sink.Write] has returned nil, so a row is never
+// counted as done before its destination acknowledged it. A Write that
+// fails is retried with the same batch.
+//
+// Destinations live in sub-packages: sinks/clickhouse (the production
+// destination) and sinks/filesink (JSON Lines files, used by the demo when
+// no ClickHouse is reachable).
+//
+// To add a sink: implement [Sink] in a new sub-package, make Write durable
+// before it returns, make a retried Write of the same batch safe, and wire a
+// constructor into cmd/firstseen.
+package sinks
+
+import (
+	"context"
+
+	"github.com/firstseen/firstseen/operators"
+)
+
+// Sink is a destination for enriched rows.
+type Sink interface {
+	// Write stores every row of b durably. It returns nil only when the
+	// destination has acknowledged all of them. It may be called again with
+	// the same batch after an error.
+	Write(ctx context.Context, b *Batch) error
+	// Close releases the sink's resources. It is safe to call twice.
+	Close() error
+}
+
+// Batch is a column-oriented buffer of rows. Appending reuses the buffer's
+// memory after Reset, so a steady stream of rows does not allocate.
+type Batch struct {
+	// Epoch is the checkpoint epoch the rows belong to.
+	Epoch uint64
+
+	UUID      []operators.UUID
+	EventTime []int64 // epoch ms
+	EventDate []int32 // days since 1970-01-01 in the pipeline's zone
+	FirstSeen []int64 // epoch ms
+	IsNew     []bool
+	Late      []bool
+	Partition []int32
+	Offset    []int64
+	Timestamp []int64 // Kafka record timestamp, epoch ms
+	payloadAt []int32 // end of each row's payload in payloads
+	payloads  []byte
+}
+
+// Append copies r into the batch.
+func (b *Batch) Append(r *operators.Row) {
+	b.UUID = append(b.UUID, r.UUID)
+	b.EventTime = append(b.EventTime, r.EventTime)
+	b.EventDate = append(b.EventDate, r.EventDate)
+	b.FirstSeen = append(b.FirstSeen, r.FirstSeen)
+	b.IsNew = append(b.IsNew, r.IsNew)
+	b.Late = append(b.Late, r.Late)
+	b.Partition = append(b.Partition, r.Partition)
+	b.Offset = append(b.Offset, r.Offset)
+	b.Timestamp = append(b.Timestamp, r.Timestamp)
+	b.payloads = append(b.payloads, r.Payload...)
+	b.payloadAt = append(b.payloadAt, int32(len(b.payloads)))
+}
+
+// AppendBatch copies every row of o into b.
+func (b *Batch) AppendBatch(o *Batch) {
+	base := int32(len(b.payloads))
+	b.UUID = append(b.UUID, o.UUID...)
+	b.EventTime = append(b.EventTime, o.EventTime...)
+	b.EventDate = append(b.EventDate, o.EventDate...)
+	b.FirstSeen = append(b.FirstSeen, o.FirstSeen...)
+	b.IsNew = append(b.IsNew, o.IsNew...)
+	b.Late = append(b.Late, o.Late...)
+	b.Partition = append(b.Partition, o.Partition...)
+	b.Offset = append(b.Offset, o.Offset...)
+	b.Timestamp = append(b.Timestamp, o.Timestamp...)
+	b.payloads = append(b.payloads, o.payloads...)
+	for _, at := range o.payloadAt {
+		b.payloadAt = append(b.payloadAt, base+at)
+	}
+}
+
+// Len is the number of rows.
+func (b *Batch) Len() int { return len(b.UUID) }
+
+// Payload returns row i's payload; it aliases the batch's memory.
+func (b *Batch) Payload(i int) []byte {
+	start := int32(0)
+	if i > 0 {
+		start = b.payloadAt[i-1]
+	}
+	return b.payloads[start:b.payloadAt[i]]
+}
+
+// Row copies row i into r; r.Payload aliases the batch's memory.
+func (b *Batch) Row(i int, r *operators.Row) {
+	*r = operators.Row{UUID: b.UUID[i], EventTime: b.EventTime[i], EventDate: b.EventDate[i],
+		FirstSeen: b.FirstSeen[i], IsNew: b.IsNew[i], Late: b.Late[i], Partition: b.Partition[i],
+		Offset: b.Offset[i], Timestamp: b.Timestamp[i], Payload: b.Payload(i)}
+}
+
+// Reset empties the batch and keeps its memory.
+func (b *Batch) Reset() {
+	b.Epoch = 0
+	b.UUID, b.EventTime, b.EventDate, b.FirstSeen = b.UUID[:0], b.EventTime[:0], b.EventDate[:0], b.FirstSeen[:0]
+	b.IsNew, b.Late, b.Partition, b.Offset, b.Timestamp = b.IsNew[:0], b.Late[:0], b.Partition[:0], b.Offset[:0], b.Timestamp[:0]
+	b.payloadAt, b.payloads = b.payloadAt[:0], b.payloads[:0]
+}

@@ -1,0 +1,134 @@
+package state
+
+import (
+	"encoding/binary"
+	"errors"
+	"time"
+
+	"github.com/firstseen/firstseen/operators"
+)
+
+var errCorrupt = errors.New("state: corrupt value")
+
+// encodeHeader: version uvarint | epoch uvarint | topic (uvarint len, bytes) |
+// group (len, bytes) | tolerance ms varint | timezone (len, bytes) |
+// commit time unix ms varint.
+func encodeHeader(dst []byte, h *Header) []byte {
+	dst = binary.AppendUvarint(dst, FormatVersion)
+	dst = binary.AppendUvarint(dst, h.Epoch)
+	dst = appendString(dst, h.Topic)
+	dst = appendString(dst, h.Group)
+	dst = binary.AppendVarint(dst, h.Tolerance.Milliseconds())
+	dst = appendString(dst, h.Timezone)
+	return binary.AppendVarint(dst, h.Time.UnixMilli())
+}
+
+func decodeHeader(b []byte, h *Header) error {
+	d := decoder{b: b}
+	if v := d.uvarint(); v != FormatVersion {
+		if d.err != nil {
+			return d.err
+		}
+		return errors.New("state: written by an unknown format version; use a newer firstseen")
+	}
+	h.Epoch = d.uvarint()
+	h.Topic = d.string()
+	h.Group = d.string()
+	h.Tolerance = time.Duration(d.varint()) * time.Millisecond
+	h.Timezone = d.string()
+	h.Time = time.UnixMilli(d.varint())
+	return d.done()
+}
+
+// encodePartition: next offset varint | max event time varint | watermark varint.
+func encodePartition(dst []byte, pc *PartitionCheckpoint) []byte {
+	dst = binary.AppendVarint(dst, pc.NextOffset)
+	dst = binary.AppendVarint(dst, pc.MaxEventTime)
+	return binary.AppendVarint(dst, pc.Watermark)
+}
+
+func decodePartition(b []byte, pc *PartitionCheckpoint) error {
+	d := decoder{b: b}
+	pc.NextOffset = d.varint()
+	pc.MaxEventTime = d.varint()
+	pc.Watermark = d.varint()
+	return d.done()
+}
+
+// encodeHeld: event time varint | kafka timestamp varint | release varint |
+// uuid 16 bytes | payload (the rest). The offset is in the key.
+func encodeHeld(dst []byte, h *operators.Held) []byte {
+	dst = binary.AppendVarint(dst, h.EventTime)
+	dst = binary.AppendVarint(dst, h.Timestamp)
+	dst = binary.AppendVarint(dst, h.Release)
+	dst = append(dst, h.UUID[:]...)
+	return append(dst, h.Payload...)
+}
+
+func decodeHeld(b []byte, h *operators.Held) error {
+	d := decoder{b: b}
+	h.EventTime = d.varint()
+	h.Timestamp = d.varint()
+	h.Release = d.varint()
+	if d.err != nil || len(d.b) < 16 {
+		return errCorrupt
+	}
+	copy(h.UUID[:], d.b[:16])
+	h.Payload = append([]byte(nil), d.b[16:]...)
+	return nil
+}
+
+func appendString(dst []byte, s string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// decoder reads varint fields and stops at the first error.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err = errCorrupt
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.err = errCorrupt
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) string() string {
+	n := d.uvarint()
+	if d.err != nil || uint64(len(d.b)) < n {
+		d.err = errCorrupt
+		return ""
+	}
+	s := string(d.b[:n])
+	d.b = d.b[n:]
+	return s
+}
+
+func (d *decoder) done() error {
+	if d.err == nil && len(d.b) != 0 {
+		d.err = errCorrupt
+	}
+	return d.err
+}
