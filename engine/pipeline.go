@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -176,13 +177,18 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	defer p.cl.Close()
 	p.adm = kadm.NewClient(p.cl)
 
+	// Shutdown order (deferred, so it runs in reverse): stop the poller,
+	// then the tasks (waiting until each has closed its state reader), then
+	// the Kafka client, then the state database.
+	var tasks sync.WaitGroup
 	for _, t := range p.tasks {
-		go t.run()
+		tasks.Go(t.run)
 	}
 	defer func() {
 		for _, t := range p.tasks {
 			t.ctl <- control{stop: true}
 		}
+		tasks.Wait()
 	}()
 
 	pollCtx, stopPoll := context.WithCancel(context.Background())

@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strconv"
 	"testing"
 	"time"
@@ -91,49 +92,115 @@ func TestPipelineIntoClickHouse(t *testing.T) {
 	}
 	defer sink.Close()
 
+	st := runUntilRows(t, engine.Config{Brokers: broker.ListenAddrs(), Topic: topic, StateDir: t.TempDir(),
+		Operator: opCfg, CheckpointInterval: 300 * time.Millisecond, Sink: sink, IsRetryable: clickhouse.IsRetryable}, valid)
+	if st.Rows != int64(valid) || st.DeadLettered != int64(dead) {
+		t.Errorf("stats: rows %d dead %d, want %d and %d", st.Rows, st.DeadLettered, valid, dead)
+	}
+	checkRows(t, sink, want)
+	checkDeadLetters(t, broker.ListenAddrs(), want)
+}
+
+// TestRestartResumesFromCheckpoint processes half the stream in bounded
+// mode, then the rest in a second run on the same state. The result must
+// equal one uninterrupted run: offsets, watermarks and held records all come
+// back from the checkpoint.
+func TestRestartResumesFromCheckpoint(t *testing.T) {
+	addr := chtest.Addr(t)
+	db := chtest.FreshDatabase(t, addr)
+	const partitions = 3
+	broker := startBroker(t, partitions)
+	recs, err := workload.Generate(workload.Config{Users: 800, Days: 2, Partitions: partitions, Seed: 7,
+		Start: time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC), LateShare: 0.01, MalformedShare: 0.01})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Cut just after the first midnight, where records are held.
+	cut := sort.Search(len(recs), func(i int) bool {
+		return recs[i].Timestamp.After(time.Date(2026, 6, 2, 0, 3, 0, 0, time.UTC))
+	})
+	opCfg := operators.Config{Tolerance: 10 * time.Minute, IdleTimeout: time.Hour}
+	want := workload.Oracle(recs, opCfg, nil)
+	valid := 0
+	for _, e := range want {
+		if e.Reason == operators.OK {
+			valid++
+		}
+	}
+	sink, err := clickhouse.Open(context.Background(), clickhouse.Config{Addr: []string{addr}, Database: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	cfg := engine.Config{Brokers: broker.ListenAddrs(), Topic: topic, StateDir: t.TempDir(), Operator: opCfg,
+		CheckpointInterval: 200 * time.Millisecond, Sink: sink, IsRetryable: clickhouse.IsRetryable}
+
+	produce(t, broker.ListenAddrs(), recs[:cut])
+	first := cfg
+	first.UntilCaughtUp = true
+	st, err := engine.Run(context.Background(), first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Held == 0 {
+		t.Fatalf("the first run should end with held records (cut after midnight); stats %+v", st)
+	}
+	produce(t, broker.ListenAddrs(), recs[cut:])
+	cfg.Operator.IdleTimeout = time.Second // release what is held once everything is read
+	runUntilRows(t, cfg, valid)
+	checkRows(t, sink, want)
+	checkDeadLetters(t, broker.ListenAddrs(), want)
+}
+
+// runUntilRows runs the pipeline until the sink's table has n rows, then
+// stops it gracefully.
+func runUntilRows(t *testing.T, cfg engine.Config, n int) engine.Stats {
+	t.Helper()
+	ctx := context.Background()
+	sink := cfg.Sink.(*clickhouse.Sink)
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	var st engine.Stats
 	go func() {
 		var err error
-		st, err = engine.Run(runCtx, engine.Config{
-			Brokers: broker.ListenAddrs(), Topic: topic, StateDir: t.TempDir(), Operator: opCfg,
-			CheckpointInterval: 300 * time.Millisecond, Sink: sink, IsRetryable: clickhouse.IsRetryable,
-		})
+		st, err = engine.Run(runCtx, cfg)
 		done <- err
 	}()
-	// Held records are released once the partitions go idle (1s).
 	deadline := time.Now().Add(90 * time.Second)
 	for {
-		var n uint64
-		if err := sink.Conn().QueryRow(ctx, "SELECT count() FROM "+sink.Table()).Scan(&n); err != nil {
+		var got uint64
+		if err := sink.Conn().QueryRow(ctx, "SELECT count() FROM "+sink.Table()).Scan(&got); err != nil {
 			t.Fatal(err)
 		}
-		if int(n) >= valid {
+		if int(got) >= n {
 			break
 		}
 		select {
 		case err := <-done:
-			t.Fatalf("pipeline stopped early with %d of %d rows: %v", n, valid, err)
+			t.Fatalf("pipeline stopped early with %d of %d rows: %v", got, n, err)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d rows after 90s", n, valid)
+			t.Fatalf("only %d of %d rows after 90s", got, n)
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 	stop()
 	if err := <-done; err != nil {
 		t.Fatalf("pipeline: %v", err)
 	}
-	if st.Rows != int64(valid) || st.DeadLettered != int64(dead) {
-		t.Errorf("stats: rows %d dead %d, want %d and %d", st.Rows, st.DeadLettered, valid, dead)
-	}
+	return st
+}
 
-	rows, err := sink.Conn().Query(ctx, "SELECT src_partition, src_offset, uuid, is_new, late FROM "+sink.Table())
+// checkRows compares the whole table with the oracle: one row per valid
+// record, with its uuid, is_new and late.
+func checkRows(t *testing.T, sink *clickhouse.Sink, want []workload.Expected) {
+	t.Helper()
+	rows, err := sink.Conn().Query(context.Background(), "SELECT src_partition, src_offset, uuid, is_new, late FROM "+sink.Table())
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer rows.Close()
 	got := map[rowKey][3]string{}
 	for rows.Next() {
 		var p int32
@@ -149,12 +216,12 @@ func TestPipelineIntoClickHouse(t *testing.T) {
 		}
 		got[k] = [3]string{u, strconv.Itoa(int(isNew)), strconv.Itoa(int(isLate))}
 	}
-	rows.Close()
-	var wrong int
+	valid, wrong := 0, 0
 	for _, e := range want {
 		if e.Reason != operators.OK {
 			continue
 		}
+		valid++
 		g, ok := got[rowKey{e.Partition, e.Offset}]
 		exp := [3]string{e.UUID.String(), b01(e.IsNew), b01(e.Late)}
 		if !ok {
@@ -171,7 +238,6 @@ func TestPipelineIntoClickHouse(t *testing.T) {
 	if len(got) != valid {
 		t.Errorf("%d rows in ClickHouse, want %d", len(got), valid)
 	}
-	checkDeadLetters(t, broker.ListenAddrs(), want)
 }
 
 func b01(b bool) string {
