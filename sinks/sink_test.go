@@ -35,7 +35,7 @@ func TestBatchAppendAndMerge(t *testing.T) {
 	}
 }
 
-func TestBatchAppendReusesMemory(t *testing.T) {
+func TestBatchAppendDoesNotAllocate(t *testing.T) {
 	var b Batch
 	row := operators.Row{Payload: []byte(`{"page":"/a"}`)}
 	fill := func() {
