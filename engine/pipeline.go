@@ -141,6 +141,13 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		}
 	}
 	p.header = state.Header{Epoch: cp.Epoch, Topic: cfg.Topic, Group: cfg.Group, Tolerance: cfg.Operator.Tolerance, Timezone: cfg.Timezone}
+	intent, recovering, err := db.LoadIntent()
+	if err != nil {
+		return Stats{}, fmt.Errorf("read the intent in %s: %w", cfg.StateDir, err)
+	}
+	if recovering && intent.Epoch != cp.Epoch+1 {
+		return Stats{}, fmt.Errorf("state in %s is inconsistent: intent for epoch %d after checkpoint %d", cfg.StateDir, intent.Epoch, cp.Epoch)
+	}
 
 	partitions, ends, err := p.discover(ctx)
 	if err != nil {
@@ -154,6 +161,13 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 			return Stats{}, err
 		}
 		t.end.Store(ends[part])
+		if recovering {
+			ip, ok := intent.Partitions[part]
+			if !ok {
+				ip.Next = t.next // not in the unfinished epoch: nothing to replay
+			}
+			t.limit, t.replay = ip.Next, ip.Advances
+		}
 		p.tasks = append(p.tasks, t)
 		if ok {
 			offsets[part] = kgo.NewOffset().At(pc.NextOffset)
@@ -163,6 +177,10 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	}
 	p.log.Info("starting", "topic", cfg.Topic, "partitions", len(partitions), "resumed", resumed,
 		"epoch", cp.Epoch, "state_dir", cfg.StateDir)
+	if recovering {
+		p.log.Warn("the last run stopped while writing a checkpoint: replaying its input to finish it without duplicates",
+			"epoch", intent.Epoch)
+	}
 
 	opts := append([]kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
@@ -196,7 +214,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	go func() { pollDone <- p.poll(pollCtx) }()
 	defer func() { stopPoll(); <-pollDone }()
 
-	err = p.coordinate(ctx, pollDone)
+	err = p.coordinate(ctx, pollDone, recovering)
 	st := p.stats()
 	st.Elapsed = time.Since(start)
 	return st, err
@@ -252,7 +270,7 @@ func (p *pipeline) newTask(part int32, pc state.PartitionCheckpoint, resumed boo
 		partition: part, topic: p.cfg.Topic, dlqTopic: p.cfg.DLQTopic, maxRows: p.cfg.MaxEpochRows, db: p.db,
 		store: taskStore{cur: map[operators.UUID]int64{}, prev: map[operators.UUID]int64{}, db: r},
 		rows:  &sinks.Batch{}, spare: &sinks.Batch{},
-		in: make(chan []*kgo.Record, 8), ctl: make(chan control, 16), full: p.full,
+		in: make(chan []*kgo.Record, 8), ctl: make(chan control, 16), full: p.full, limit: -1,
 	}
 	t.op = operators.New(p.cfg.Operator, part, &t.store, t)
 	if resumed {
@@ -317,7 +335,11 @@ func (p *pipeline) poll(ctx context.Context) error {
 // Checkpoints run under a context that the first stop request does not
 // cancel: an in-flight checkpoint finishes, then a final one is taken. Only
 // ShutdownTimeout after the stop request is everything cut short.
-func (p *pipeline) coordinate(ctx context.Context, pollDone <-chan error) error {
+//
+// When recovering, the tasks first replay the unfinished epoch up to its
+// limits; that epoch is then checkpointed again (writing only the rows the
+// sink does not have yet) before anything else happens.
+func (p *pipeline) coordinate(ctx context.Context, pollDone <-chan error, recovering bool) error {
 	cpCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stopWatch := context.AfterFunc(ctx, func() { time.AfterFunc(p.cfg.ShutdownTimeout, cancel) })
@@ -332,8 +354,12 @@ func (p *pipeline) coordinate(ctx context.Context, pollDone <-chan error) error 
 		target[t.partition] = t.end.Load()
 	}
 	final := func(why string) error {
+		if recovering {
+			p.log.Info(why + " before the unfinished checkpoint was replayed; the next start replays it")
+			return nil
+		}
 		p.log.Info(why+": taking a final checkpoint", "timeout", p.cfg.ShutdownTimeout)
-		return p.checkpoint(cpCtx)
+		return p.checkpoint(cpCtx, false)
 	}
 	for {
 		if ctx.Err() != nil {
@@ -348,15 +374,39 @@ func (p *pipeline) coordinate(ctx context.Context, pollDone <-chan error) error 
 			}
 			return err
 		case <-cpTimer.C:
-			if err := p.checkpoint(cpCtx); err != nil {
+			if recovering {
+				continue
+			}
+			if err := p.checkpoint(cpCtx, false); err != nil {
 				return err
 			}
 		case <-p.full:
-			if err := p.checkpoint(cpCtx); err != nil {
+			if recovering {
+				continue
+			}
+			if err := p.checkpoint(cpCtx, false); err != nil {
 				return err
 			}
 			cpTimer.Reset(p.cfg.CheckpointInterval)
 		case <-tick.C:
+			if recovering {
+				replayed := true
+				for _, t := range p.tasks {
+					replayed = replayed && t.pos.Load() >= t.limit
+				}
+				if !replayed {
+					continue
+				}
+				if err := p.checkpoint(cpCtx, true); err != nil {
+					return err
+				}
+				for _, t := range p.tasks {
+					t.ctl <- control{release: true}
+				}
+				recovering = false
+				p.log.Info("the unfinished checkpoint is complete; resuming", "epoch", p.header.Epoch)
+				continue
+			}
 			now := p.cfg.Now().UnixMilli()
 			done := true
 			for _, t := range p.tasks {
@@ -385,8 +435,9 @@ func tickInterval(idle time.Duration) time.Duration {
 	return min(max(idle/10, 10*time.Millisecond), 100*time.Millisecond)
 }
 
-// checkpoint takes one checkpoint; see the package documentation.
-func (p *pipeline) checkpoint(ctx context.Context) error {
+// checkpoint takes one checkpoint; see the package documentation. retry
+// says the epoch is a replay of one a crashed run may have partly written.
+func (p *pipeline) checkpoint(ctx context.Context, retry bool) error {
 	began := time.Now()
 	epoch := p.header.Epoch + 1
 	reply := make(chan *snapshot, len(p.tasks))
@@ -400,7 +451,7 @@ func (p *pipeline) checkpoint(ctx context.Context) error {
 	sort.Slice(snaps, func(i, j int) bool { return snaps[i].partition < snaps[j].partition })
 
 	p.out.Reset()
-	p.out.Epoch = epoch
+	p.out.Epoch, p.out.Retry = epoch, retry
 	var dead []*kgo.Record
 	batches := make([]*state.Batch, 0, len(snaps))
 	for _, s := range snaps {
@@ -422,6 +473,17 @@ func (p *pipeline) checkpoint(ctx context.Context) error {
 		}
 		giveBack()
 		return fmt.Errorf("checkpoint %d not taken, the next start replays from checkpoint %d: %w", epoch, p.header.Epoch, err)
+	}
+	if p.out.Len() > 0 {
+		// The intent makes a crash from here on recoverable without
+		// duplicates: it names the input this epoch covers.
+		in := state.Intent{Epoch: epoch, Partitions: make(map[int32]state.IntentPartition, len(snaps))}
+		for _, s := range snaps {
+			in.Partitions[s.partition] = state.IntentPartition{Next: s.next, Advances: s.advances}
+		}
+		if err := p.db.WriteIntent(&in); err != nil {
+			return fail(fmt.Errorf("write the intent to %s: %w", p.cfg.StateDir, err))
+		}
 	}
 	if err := p.retry(ctx, "sink write", func() error { return p.cfg.Sink.Write(ctx, &p.out) }, p.cfg.IsRetryable); err != nil {
 		return fail(err)

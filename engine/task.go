@@ -16,6 +16,7 @@ type control struct {
 	barrier   chan<- *snapshot // hand over the epoch's output
 	committed *sinks.Batch     // the epoch committed; its row buffer comes back
 	tick      int64            // wall-clock ms, sent only while caught up
+	release   bool             // recovery is done: process past the limit
 	stop      bool
 }
 
@@ -28,6 +29,7 @@ type snapshot struct {
 	batch     *state.Batch
 	next      int64
 	progress  operators.Progress
+	advances  []state.WatermarkAdvance
 	held      int
 }
 
@@ -71,6 +73,16 @@ type task struct {
 	next  int64 // first offset not processed
 	rec   operators.Record
 
+	// advances logs this epoch's wall-clock watermark moves for the intent.
+	advances []state.WatermarkAdvance
+	// While recovering an unfinished epoch, the task stops at limit
+	// (otherwise -1), re-applies the epoch's logged advances at the same
+	// offsets instead of reacting to ticks, and keeps what it fetched past
+	// the limit in pending.
+	limit   int64
+	replay  []state.WatermarkAdvance
+	pending []*kgo.Record
+
 	in   chan []*kgo.Record
 	ctl  chan control
 	full chan<- struct{}
@@ -105,7 +117,9 @@ func (t *task) run() {
 	defer t.store.db.Close()
 	for {
 		in := t.in
-		if t.rows.Len() >= t.maxRows {
+		if t.pending != nil {
+			in = nil // recovering: wait for the unfinished epoch to be rewritten
+		} else if t.rows.Len() >= t.maxRows {
 			in = nil // back-pressure: wait for the next checkpoint
 			select {
 			case t.full <- struct{}{}:
@@ -126,19 +140,54 @@ func (t *task) run() {
 				if err := t.store.db.Refresh(); err != nil {
 					panic(err) // the database is closed only after every task stopped
 				}
+			case m.release:
+				recs := t.pending
+				t.limit, t.pending = -1, nil
+				t.process(recs)
 			case m.stop:
 				return
 			default:
-				t.op.Tick(m.tick)
+				t.tick(m.tick)
 			}
 		}
 	}
 }
 
+// tick passes the wall clock to the operator and logs a watermark move it
+// causes, so that a replay of this epoch can repeat it.
+func (t *task) tick(now int64) {
+	if t.limit >= 0 {
+		return // recovering: the logged advances stand in for the clock
+	}
+	before := t.op.Progress().Watermark
+	t.op.Tick(now)
+	if w := t.op.Progress().Watermark; w != before {
+		t.advances = append(t.advances, state.WatermarkAdvance{At: t.next, Watermark: w})
+	}
+}
+
+// replayAdvances re-applies the logged advances made before offset upTo.
+func (t *task) replayAdvances(upTo int64) {
+	for len(t.replay) > 0 && t.replay[0].At <= upTo {
+		a := t.replay[0]
+		t.replay = t.replay[1:]
+		t.op.AdvanceWatermark(a.Watermark)
+		t.advances = append(t.advances, a)
+	}
+}
+
 func (t *task) process(recs []*kgo.Record) {
-	for _, r := range recs {
+	for i, r := range recs {
 		if r.Offset < t.next {
 			continue // a re-fetch after a broker error
+		}
+		if t.limit >= 0 {
+			if r.Offset >= t.limit {
+				t.pending = recs[i:]
+				t.next = max(t.next, t.limit) // offsets missing below the limit cannot be replayed
+				break
+			}
+			t.replayAdvances(r.Offset)
 		}
 		t.next = r.Offset + 1
 		if r.Attrs.IsControl() {
@@ -155,8 +204,12 @@ func (t *task) process(recs []*kgo.Record) {
 }
 
 func (t *task) snapshot() *snapshot {
+	if t.limit >= 0 {
+		t.replayAdvances(t.limit) // advances logged at the end of the epoch
+	}
 	s := &snapshot{task: t, partition: t.partition, rows: t.rows, dead: t.dead, batch: t.db.NewBatch(),
-		next: t.next, progress: t.op.Progress(), held: t.op.HeldCount()}
+		next: t.next, progress: t.op.Progress(), held: t.op.HeldCount(), advances: t.advances}
+	t.advances = nil
 	for u, fs := range t.store.cur {
 		s.batch.SetUser(&u, fs)
 	}

@@ -35,6 +35,10 @@ type Sink interface {
 type Batch struct {
 	// Epoch is the checkpoint epoch the rows belong to.
 	Epoch uint64
+	// Retry says the epoch may already be partly stored, by a process that
+	// crashed while writing it: the sink must store only the rows that are
+	// not there yet. Replay makes the rows identical to the first attempt.
+	Retry bool
 
 	UUID      []operators.UUID
 	EventTime []int64 // epoch ms
@@ -103,7 +107,7 @@ func (b *Batch) Row(i int, r *operators.Row) {
 
 // Reset empties the batch and keeps its memory.
 func (b *Batch) Reset() {
-	b.Epoch = 0
+	b.Epoch, b.Retry = 0, false
 	b.UUID, b.EventTime, b.EventDate, b.FirstSeen = b.UUID[:0], b.EventTime[:0], b.EventDate[:0], b.FirstSeen[:0]
 	b.IsNew, b.Late, b.Partition, b.Offset, b.Timestamp = b.IsNew[:0], b.Late[:0], b.Partition[:0], b.Offset[:0], b.Timestamp[:0]
 	b.payloadAt, b.payloads = b.payloadAt[:0], b.payloads[:0]

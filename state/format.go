@@ -3,6 +3,7 @@ package state
 import (
 	"encoding/binary"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/firstseen/firstseen/operators"
@@ -76,6 +77,53 @@ func decodeHeld(b []byte, h *operators.Held) error {
 	copy(h.UUID[:], d.b[:16])
 	h.Payload = append([]byte(nil), d.b[16:]...)
 	return nil
+}
+
+// encodeIntent: epoch uvarint | partition count uvarint | per partition in
+// ascending order: partition varint | next varint | advance count uvarint |
+// per advance: at varint | watermark varint.
+func encodeIntent(dst []byte, in *Intent) []byte {
+	dst = binary.AppendUvarint(dst, in.Epoch)
+	dst = binary.AppendUvarint(dst, uint64(len(in.Partitions)))
+	parts := make([]int32, 0, len(in.Partitions))
+	for p := range in.Partitions {
+		parts = append(parts, p)
+	}
+	slices.Sort(parts)
+	for _, p := range parts {
+		ip := in.Partitions[p]
+		dst = binary.AppendVarint(dst, int64(p))
+		dst = binary.AppendVarint(dst, ip.Next)
+		dst = binary.AppendUvarint(dst, uint64(len(ip.Advances)))
+		for _, a := range ip.Advances {
+			dst = binary.AppendVarint(dst, a.At)
+			dst = binary.AppendVarint(dst, a.Watermark)
+		}
+	}
+	return dst
+}
+
+func decodeIntent(b []byte, in *Intent) error {
+	d := decoder{b: b}
+	in.Epoch = d.uvarint()
+	n := d.uvarint()
+	if d.err != nil || n > uint64(len(b)) {
+		return errCorrupt
+	}
+	in.Partitions = make(map[int32]IntentPartition, n)
+	for range n {
+		p := int32(d.varint())
+		ip := IntentPartition{Next: d.varint()}
+		na := d.uvarint()
+		if d.err != nil || na > uint64(len(b)) {
+			return errCorrupt
+		}
+		for range na {
+			ip.Advances = append(ip.Advances, WatermarkAdvance{At: d.varint(), Watermark: d.varint()})
+		}
+		in.Partitions[p] = ip
+	}
+	return d.done()
 }
 
 func appendString(dst []byte, s string) []byte {

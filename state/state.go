@@ -11,6 +11,7 @@
 //	'h' | partition (4 bytes) | offset (8 bytes) -> held record (see encodeHeld)
 //	'p' | partition (4 bytes)                    -> partition checkpoint (see encodePartition)
 //	'c'                                          -> checkpoint header (see encodeHeader)
+//	'i'                                          -> intent of the epoch being written (see encodeIntent)
 //
 // The key group (operators.UUID.KeyGroup, 4096 groups) leads the user key so
 // that state can later be split between owners by key-group ranges without
@@ -44,6 +45,7 @@ const (
 	prefixHeld      = 'h'
 	prefixPartition = 'p'
 	keyHeader       = 'c'
+	keyIntent       = 'i'
 	userKeyLen      = 1 + 2 + 16
 )
 
@@ -252,8 +254,8 @@ func (b *Batch) Len() int { return b.b.Len() }
 // Close discards the batch.
 func (b *Batch) Close() { b.b.Close() }
 
-// Commit applies the batches and the header atomically and syncs them to
-// disk. The batches are closed.
+// Commit applies the batches and the header atomically, removes the
+// intent, and syncs them to disk. The batches are closed.
 func (d *DB) Commit(h Header, batches ...*Batch) error {
 	out := d.db.NewBatch()
 	defer out.Close()
@@ -266,7 +268,55 @@ func (d *DB) Commit(h Header, batches ...*Batch) error {
 	if err := out.Set([]byte{keyHeader}, encodeHeader(nil, &h), nil); err != nil {
 		return err
 	}
+	if err := out.Delete([]byte{keyIntent}, nil); err != nil {
+		return err
+	}
 	return out.Commit(pebble.Sync)
+}
+
+// WatermarkAdvance is a watermark move that came from the wall clock (an
+// idle partition), not from the records: the partition's watermark became
+// Watermark when its next offset was At.
+type WatermarkAdvance struct {
+	At        int64
+	Watermark int64
+}
+
+// Intent describes an epoch whose rows are being written to the sink. It is
+// synced before the first row is sent and removed by the epoch's Commit, so
+// after a crash it says exactly which input the unfinished epoch covered:
+// replaying that input from the previous checkpoint, with the same
+// wall-clock watermark advances, gives the same rows again.
+type Intent struct {
+	Epoch      uint64
+	Partitions map[int32]IntentPartition
+}
+
+// IntentPartition is one partition's part of an intent.
+type IntentPartition struct {
+	Next     int64              // the epoch covers offsets below Next
+	Advances []WatermarkAdvance // in order
+}
+
+// WriteIntent stores the intent and syncs it.
+func (d *DB) WriteIntent(in *Intent) error {
+	return d.db.Set([]byte{keyIntent}, encodeIntent(nil, in), pebble.Sync)
+}
+
+// LoadIntent reads the intent of an unfinished epoch, if any.
+func (d *DB) LoadIntent() (in Intent, ok bool, err error) {
+	v, closer, err := d.db.Get([]byte{keyIntent})
+	if errors.Is(err, pebble.ErrNotFound) {
+		return in, false, nil
+	}
+	if err != nil {
+		return in, false, err
+	}
+	defer closer.Close()
+	if err := decodeIntent(v, &in); err != nil {
+		return in, false, err
+	}
+	return in, true, nil
 }
 
 // UserKey writes u's key into buf and returns it.

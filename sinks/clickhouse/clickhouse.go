@@ -44,6 +44,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"maps"
 	"math"
 	"math/rand/v2"
@@ -134,7 +135,6 @@ type Sink struct {
 	// After a failed Write: its epoch and the query ids of its INSERTs.
 	unsure      bool
 	unsureEpoch uint64
-	queryIDs    []string
 }
 
 // Open connects to ClickHouse, creates the database and the table when they
@@ -323,7 +323,7 @@ func (s *Sink) Write(ctx context.Context, b *sinks.Batch) error {
 		return s.wrap("insert into "+s.table, errClosed)
 	}
 	filtered := false
-	if s.unsure && s.unsureEpoch == b.Epoch {
+	if b.Retry || (s.unsure && s.unsureEpoch == b.Epoch) {
 		if err := s.selectNotLanded(ctx, b); err != nil {
 			return s.wrap(fmt.Sprintf("cannot check which rows of epoch %d a failed insert left in %s",
 				b.Epoch, s.table), err)
@@ -335,7 +335,6 @@ func (s *Sink) Write(ctx context.Context, b *sinks.Batch) error {
 		n = len(s.keep)
 	}
 	s.unsure, s.unsureEpoch = true, b.Epoch // until every INSERT succeeded
-	s.queryIDs = s.queryIDs[:0]
 	for lo := 0; lo < n; lo += maxInsertRows {
 		hi := min(lo+maxInsertRows, n)
 		if err := s.insertRows(ctx, b, filtered, lo, hi); err != nil {
@@ -355,8 +354,7 @@ func (s *Sink) insertRows(ctx context.Context, b *sinks.Batch, filtered bool, lo
 	s.fill(b, filtered, lo, hi)
 	defer s.clearRefs()
 
-	id := fmt.Sprintf("firstseen-%d-%016x", b.Epoch, rand.Uint64())
-	s.queryIDs = append(s.queryIDs, id)
+	id := s.queryIDPrefix(b.Epoch) + fmt.Sprintf("%016x", rand.Uint64())
 	batch, err := s.conn.PrepareBatch(ch.Context(ctx, ch.WithQueryID(id)), s.insert)
 	if err != nil {
 		return err
@@ -430,29 +428,25 @@ var errInsertRunning = errors.New("the failed insert is still running on the ser
 // selectNotLanded waits until the server no longer runs the INSERTs of the
 // failed Write and sets s.keep to the rows of b that are not in the table.
 func (s *Sink) selectNotLanded(ctx context.Context, b *sinks.Batch) error {
-	if len(s.queryIDs) > 0 {
-		ids := make([]string, len(s.queryIDs))
-		for i, id := range s.queryIDs {
-			ids[i] = quoteString(id)
+	// An INSERT of this epoch may still be running: one this process gave up
+	// on, or one a crashed process had fully sent. Its query id tells.
+	q := "SELECT count() FROM system.processes WHERE query_id LIKE " + quoteString(s.queryIDPrefix(b.Epoch)+"%")
+	deadline := time.Now().Add(insertWait)
+	for {
+		var running uint64
+		if err := s.conn.QueryRow(ctx, q).Scan(&running); err != nil {
+			return err
 		}
-		q := "SELECT count() FROM system.processes WHERE query_id IN (" + strings.Join(ids, ", ") + ")"
-		deadline := time.Now().Add(insertWait)
-		for {
-			var running uint64
-			if err := s.conn.QueryRow(ctx, q).Scan(&running); err != nil {
-				return err
-			}
-			if running == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				return errInsertRunning
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(100 * time.Millisecond):
-			}
+		if running == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return errInsertRunning
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 	dates := make(map[int32]map[int32]struct{}) // partition -> event dates
@@ -622,4 +616,10 @@ func resize[T any](s []T, n int) []T {
 		return make([]T, n, n+n/4)
 	}
 	return s[:n]
+}
+
+// queryIDPrefix starts the query id of every INSERT of an epoch into this
+// table, so that a later Write of the epoch can wait for them to finish.
+func (s *Sink) queryIDPrefix(epoch uint64) string {
+	return fmt.Sprintf("firstseen-%08x-%d-", crc32.ChecksumIEEE([]byte(s.table)), epoch)
 }

@@ -724,8 +724,9 @@ func TestRetryWaitsForRunningInsert(t *testing.T) {
 	randomRow(rand.New(rand.NewPCG(1, 3)), &r, day(2024, 1, 1), 0, 0)
 	b.Append(&r)
 
-	// A query with the failed insert's id is still running on the server.
-	const id = "firstseen-test-running"
+	// An INSERT of epoch 4 from a crashed process is still running on the
+	// server: a query with that epoch's id prefix.
+	id := s.queryIDPrefix(4) + "running"
 	done := make(chan error, 1)
 	go func() {
 		done <- s.Conn().Exec(ch.Context(context.Background(), ch.WithQueryID(id)), "SELECT sleep(2)")
@@ -748,7 +749,7 @@ func TestRetryWaitsForRunningInsert(t *testing.T) {
 
 	defer func(d time.Duration) { insertWait = d }(insertWait)
 	insertWait = 100 * time.Millisecond
-	s.unsure, s.unsureEpoch, s.queryIDs = true, 4, []string{id}
+	b.Retry = true // as after a crash: nothing in this process knows of the insert
 	err := s.Write(context.Background(), &b)
 	t.Logf("error: %v", err)
 	if !errors.Is(err, errInsertRunning) || !IsRetryable(err) {
