@@ -2,16 +2,14 @@ package engine_test
 
 import (
 	"context"
-	"fmt"
 	"sort"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/firstseen/firstseen/engine"
+	"github.com/firstseen/firstseen/engine/enginetest"
 	"github.com/firstseen/firstseen/engine/workload"
 	"github.com/firstseen/firstseen/operators"
 	"github.com/firstseen/firstseen/sinks/clickhouse"
@@ -30,28 +28,6 @@ func startBroker(t *testing.T, partitions int) *kfake.Cluster {
 	return c
 }
 
-func produce(t *testing.T, brokers []string, recs []workload.Record) {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	out := make([]*kgo.Record, len(recs))
-	for i := range recs {
-		r := &recs[i]
-		out[i] = &kgo.Record{Topic: topic, Partition: r.Partition, Key: r.Key, Value: r.Value, Timestamp: r.Timestamp}
-	}
-	if err := cl.ProduceSync(context.Background(), out...).FirstErr(); err != nil {
-		t.Fatal(err)
-	}
-}
-
-type rowKey struct {
-	partition int32
-	offset    int64
-}
-
 // TestPipelineIntoClickHouse runs the real pipeline from a Kafka-protocol
 // broker into the real ClickHouse server and checks every row and every
 // dead letter against the oracle.
@@ -67,7 +43,7 @@ func TestPipelineIntoClickHouse(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	produce(t, broker.ListenAddrs(), recs)
+	enginetest.Produce(t, broker.ListenAddrs(), topic, recs)
 	opCfg := operators.Config{Tolerance: 10 * time.Minute, IdleTimeout: time.Second}
 	want := workload.Oracle(recs, opCfg, nil)
 	var valid, late, dead int
@@ -97,8 +73,8 @@ func TestPipelineIntoClickHouse(t *testing.T) {
 	if st.Rows != int64(valid) || st.DeadLettered != int64(dead) {
 		t.Errorf("stats: rows %d dead %d, want %d and %d", st.Rows, st.DeadLettered, valid, dead)
 	}
-	checkRows(t, sink, want)
-	checkDeadLetters(t, broker.ListenAddrs(), want)
+	enginetest.CheckTable(t, sink.Conn(), sink.Table(), want)
+	enginetest.CheckDeadLetters(t, broker.ListenAddrs(), topic, want, false)
 }
 
 // TestRestartResumesFromCheckpoint processes half the stream in bounded
@@ -121,12 +97,7 @@ func TestRestartResumesFromCheckpoint(t *testing.T) {
 	})
 	opCfg := operators.Config{Tolerance: 10 * time.Minute, IdleTimeout: time.Hour}
 	want := workload.Oracle(recs, opCfg, nil)
-	valid := 0
-	for _, e := range want {
-		if e.Reason == operators.OK {
-			valid++
-		}
-	}
+	valid := enginetest.ValidCount(want)
 	sink, err := clickhouse.Open(context.Background(), clickhouse.Config{Addr: []string{addr}, Database: db})
 	if err != nil {
 		t.Fatal(err)
@@ -135,7 +106,7 @@ func TestRestartResumesFromCheckpoint(t *testing.T) {
 	cfg := engine.Config{Brokers: broker.ListenAddrs(), Topic: topic, StateDir: t.TempDir(), Operator: opCfg,
 		CheckpointInterval: 200 * time.Millisecond, Sink: sink, IsRetryable: clickhouse.IsRetryable}
 
-	produce(t, broker.ListenAddrs(), recs[:cut])
+	enginetest.Produce(t, broker.ListenAddrs(), topic, recs[:cut])
 	first := cfg
 	first.UntilCaughtUp = true
 	st, err := engine.Run(context.Background(), first)
@@ -145,11 +116,11 @@ func TestRestartResumesFromCheckpoint(t *testing.T) {
 	if st.Held == 0 {
 		t.Fatalf("the first run should end with held records (cut after midnight); stats %+v", st)
 	}
-	produce(t, broker.ListenAddrs(), recs[cut:])
+	enginetest.Produce(t, broker.ListenAddrs(), topic, recs[cut:])
 	cfg.Operator.IdleTimeout = time.Second // release what is held once everything is read
 	runUntilRows(t, cfg, valid)
-	checkRows(t, sink, want)
-	checkDeadLetters(t, broker.ListenAddrs(), want)
+	enginetest.CheckTable(t, sink.Conn(), sink.Table(), want)
+	enginetest.CheckDeadLetters(t, broker.ListenAddrs(), topic, want, false)
 }
 
 // runUntilRows runs the pipeline until the sink's table has n rows, then
@@ -190,103 +161,4 @@ func runUntilRows(t *testing.T, cfg engine.Config, n int) engine.Stats {
 		t.Fatalf("pipeline: %v", err)
 	}
 	return st
-}
-
-// checkRows compares the whole table with the oracle: one row per valid
-// record, with its uuid, is_new and late.
-func checkRows(t *testing.T, sink *clickhouse.Sink, want []workload.Expected) {
-	t.Helper()
-	rows, err := sink.Conn().Query(context.Background(), "SELECT src_partition, src_offset, uuid, is_new, late FROM "+sink.Table())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	got := map[rowKey][3]string{}
-	for rows.Next() {
-		var p int32
-		var off int64
-		var u string
-		var isNew, isLate uint8
-		if err := rows.Scan(&p, &off, &u, &isNew, &isLate); err != nil {
-			t.Fatal(err)
-		}
-		k := rowKey{p, off}
-		if _, dup := got[k]; dup {
-			t.Errorf("duplicate row for partition %d offset %d", p, off)
-		}
-		got[k] = [3]string{u, strconv.Itoa(int(isNew)), strconv.Itoa(int(isLate))}
-	}
-	valid, wrong := 0, 0
-	for _, e := range want {
-		if e.Reason != operators.OK {
-			continue
-		}
-		valid++
-		g, ok := got[rowKey{e.Partition, e.Offset}]
-		exp := [3]string{e.UUID.String(), b01(e.IsNew), b01(e.Late)}
-		if !ok {
-			t.Errorf("missing row for partition %d offset %d", e.Partition, e.Offset)
-			wrong++
-		} else if g != exp {
-			t.Errorf("partition %d offset %d: got uuid,is_new,late=%v, want %v", e.Partition, e.Offset, g, exp)
-			wrong++
-		}
-		if wrong > 10 {
-			t.Fatal("too many wrong rows")
-		}
-	}
-	if len(got) != valid {
-		t.Errorf("%d rows in ClickHouse, want %d", len(got), valid)
-	}
-}
-
-func b01(b bool) string {
-	if b {
-		return "1"
-	}
-	return "0"
-}
-
-// checkDeadLetters reads the dead-letter topic and compares it with the
-// malformed records the oracle expects, reason by reason.
-func checkDeadLetters(t *testing.T, brokers []string, want []workload.Expected) {
-	t.Helper()
-	exp := map[rowKey]string{}
-	for _, e := range want {
-		if e.Reason != operators.OK {
-			exp[rowKey{e.Partition, e.Offset}] = e.Reason.String()
-		}
-	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic+".dlq"),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	got := map[rowKey]string{}
-	deadline := time.Now().Add(20 * time.Second)
-	for len(got) < len(exp) && time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		fs := cl.PollFetches(ctx)
-		cancel()
-		fs.EachRecord(func(r *kgo.Record) {
-			h := map[string]string{}
-			for _, x := range r.Headers {
-				h[x.Key] = string(x.Value)
-			}
-			p, _ := strconv.Atoi(h[engine.HeaderPartition])
-			off, _ := strconv.ParseInt(h[engine.HeaderOffset], 10, 64)
-			k := rowKey{int32(p), off}
-			if _, dup := got[k]; dup {
-				t.Errorf("dead letter for %v twice", k)
-			}
-			if h[engine.HeaderTopic] != topic {
-				t.Errorf("dead letter source topic %q", h[engine.HeaderTopic])
-			}
-			got[k] = h[engine.HeaderReason]
-		})
-	}
-	if fmt.Sprint(got) != fmt.Sprint(exp) {
-		t.Errorf("dead letters differ:\n got %v\nwant %v", got, exp)
-	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/firstseen/firstseen/engine"
+	"github.com/firstseen/firstseen/engine/enginetest"
 	"github.com/firstseen/firstseen/engine/workload"
 	"github.com/firstseen/firstseen/operators"
 	"github.com/firstseen/firstseen/sinks"
@@ -78,15 +79,10 @@ func TestRecoveryAfterCrashDuringWrite(t *testing.T) {
 				return recs[i].Timestamp.After(time.Date(2026, 4, 2, 0, 4, 0, 0, time.UTC))
 			})
 			recs = recs[:cut]
-			produce(t, broker.ListenAddrs(), recs)
+			enginetest.Produce(t, broker.ListenAddrs(), topic, recs)
 			opCfg := operators.Config{Tolerance: 10 * time.Minute, IdleTimeout: 500 * time.Millisecond}
 			want := workload.Oracle(recs, opCfg, nil)
-			valid := 0
-			for _, e := range want {
-				if e.Reason == operators.OK {
-					valid++
-				}
-			}
+			valid := enginetest.ValidCount(want)
 			sink, err := clickhouse.Open(context.Background(), clickhouse.Config{Addr: []string{addr}, Database: db})
 			if err != nil {
 				t.Fatal(err)
@@ -117,8 +113,7 @@ func TestRecoveryAfterCrashDuringWrite(t *testing.T) {
 			if st.Held != 0 {
 				t.Errorf("%d records still held: the replay did not repeat the idle advance", st.Held)
 			}
-			checkRows(t, sink, want)
+			enginetest.CheckTable(t, sink.Conn(), sink.Table(), want)
 		})
 	}
 }
-

@@ -1,0 +1,174 @@
+// Package enginetest holds what the integration tests of several packages
+// share: producing a generated workload to a Kafka-protocol broker, and
+// checking a ClickHouse table and a dead-letter topic against the oracle.
+// It is imported only by tests.
+package enginetest
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/firstseen/firstseen/engine"
+	"github.com/firstseen/firstseen/engine/workload"
+	"github.com/firstseen/firstseen/operators"
+)
+
+// Produce writes recs to topic in order, each to its partition.
+func Produce(t testing.TB, brokers []string, topic string, recs []workload.Record) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	out := make([]*kgo.Record, len(recs))
+	for i := range recs {
+		r := &recs[i]
+		out[i] = &kgo.Record{Topic: topic, Partition: r.Partition, Key: r.Key, Value: r.Value, Timestamp: r.Timestamp}
+	}
+	if err := cl.ProduceSync(context.Background(), out...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ValidCount is the number of rows the oracle expects.
+func ValidCount(want []workload.Expected) int {
+	n := 0
+	for _, e := range want {
+		if e.Reason == operators.OK {
+			n++
+		}
+	}
+	return n
+}
+
+// Count returns the rows in table.
+func Count(t testing.TB, conn driver.Conn, table string) int {
+	t.Helper()
+	var n uint64
+	if err := conn.QueryRow(context.Background(), "SELECT count() FROM "+table).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return int(n)
+}
+
+type key struct {
+	partition int32
+	offset    int64
+}
+
+// CheckTable compares the whole table with the oracle: exactly one row per
+// valid record, with its uuid, is_new and late. It reports missing,
+// duplicated and wrong rows, at most ten of each.
+func CheckTable(t testing.TB, conn driver.Conn, table string, want []workload.Expected) {
+	t.Helper()
+	rows, err := conn.Query(context.Background(), "SELECT src_partition, src_offset, uuid, is_new, late FROM "+table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	got := map[key]string{}
+	var dups, missing, wrong int
+	for rows.Next() {
+		var p int32
+		var off int64
+		var u string
+		var isNew, late uint8
+		if err := rows.Scan(&p, &off, &u, &isNew, &late); err != nil {
+			t.Fatal(err)
+		}
+		k := key{p, off}
+		if _, dup := got[k]; dup {
+			if dups++; dups <= 10 {
+				t.Errorf("duplicate row for partition %d offset %d", p, off)
+			}
+		}
+		got[k] = fmt.Sprintf("%s is_new=%d late=%d", u, isNew, late)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	valid := 0
+	for _, e := range want {
+		if e.Reason != operators.OK {
+			continue
+		}
+		valid++
+		exp := fmt.Sprintf("%s is_new=%d late=%d", e.UUID, b01(e.IsNew), b01(e.Late))
+		g, ok := got[key{e.Partition, e.Offset}]
+		switch {
+		case !ok:
+			if missing++; missing <= 10 {
+				t.Errorf("missing row for partition %d offset %d", e.Partition, e.Offset)
+			}
+		case g != exp:
+			if wrong++; wrong <= 10 {
+				t.Errorf("partition %d offset %d: got %s, want %s", e.Partition, e.Offset, g, exp)
+			}
+		}
+	}
+	if extra := len(got) - (valid - missing); extra > 0 {
+		t.Errorf("%d rows that match no valid input record", extra)
+	}
+	t.Logf("table check: %d rows expected, %d distinct found, %d missing, %d duplicated, %d wrong",
+		valid, len(got), missing, dups, wrong)
+}
+
+func b01(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// CheckDeadLetters reads the dead-letter topic and checks that it holds every
+// malformed record, with its reason and source, and nothing else. With
+// allowDuplicates (the dead-letter topic is at least once), a record may be
+// there more than once.
+func CheckDeadLetters(t testing.TB, brokers []string, sourceTopic string, want []workload.Expected, allowDuplicates bool) {
+	t.Helper()
+	exp := map[key]string{}
+	for _, e := range want {
+		if e.Reason != operators.OK {
+			exp[key{e.Partition, e.Offset}] = e.Reason.String()
+		}
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(sourceTopic+".dlq"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	got := map[key]string{}
+	deadline := time.Now().Add(20 * time.Second)
+	for len(got) < len(exp) && time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		fs := cl.PollFetches(ctx)
+		cancel()
+		fs.EachRecord(func(r *kgo.Record) {
+			h := map[string]string{}
+			for _, x := range r.Headers {
+				h[x.Key] = string(x.Value)
+			}
+			p, _ := strconv.Atoi(h[engine.HeaderPartition])
+			off, _ := strconv.ParseInt(h[engine.HeaderOffset], 10, 64)
+			k := key{int32(p), off}
+			if _, dup := got[k]; dup && !allowDuplicates {
+				t.Errorf("dead letter for partition %d offset %d twice", p, off)
+			}
+			if h[engine.HeaderTopic] != sourceTopic {
+				t.Errorf("dead letter source topic %q, want %q", h[engine.HeaderTopic], sourceTopic)
+			}
+			got[k] = h[engine.HeaderReason]
+		})
+	}
+	if fmt.Sprint(got) != fmt.Sprint(exp) {
+		t.Errorf("dead letters differ:\n got %v\nwant %v", got, exp)
+	}
+}
