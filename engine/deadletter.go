@@ -8,8 +8,8 @@ import (
 	"github.com/firstseen/firstseen/operators"
 )
 
-// Dead-letter record headers. The record keeps the original key, value and
-// timestamp.
+// Dead-letter record headers, added after the original record's own
+// headers. The record keeps the original key, value and timestamp.
 const (
 	HeaderReason    = "firstseen.reason"
 	HeaderTopic     = "firstseen.source.topic"
@@ -23,11 +23,10 @@ func deadLetter(dlqTopic, topic string, r *kgo.Record, reason operators.Reason) 
 		Key:       append([]byte(nil), r.Key...),
 		Value:     append([]byte(nil), r.Value...),
 		Timestamp: r.Timestamp,
-		Headers: []kgo.RecordHeader{
-			{Key: HeaderReason, Value: []byte(reason.String())},
-			{Key: HeaderTopic, Value: []byte(topic)},
-			{Key: HeaderPartition, Value: strconv.AppendInt(nil, int64(r.Partition), 10)},
-			{Key: HeaderOffset, Value: strconv.AppendInt(nil, r.Offset, 10)},
-		},
+		Headers: append(append(make([]kgo.RecordHeader, 0, len(r.Headers)+4), r.Headers...),
+			kgo.RecordHeader{Key: HeaderReason, Value: []byte(reason.String())},
+			kgo.RecordHeader{Key: HeaderTopic, Value: []byte(topic)},
+			kgo.RecordHeader{Key: HeaderPartition, Value: strconv.AppendInt(nil, int64(r.Partition), 10)},
+			kgo.RecordHeader{Key: HeaderOffset, Value: strconv.AppendInt(nil, r.Offset, 10)}),
 	}
 }

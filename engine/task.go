@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -15,7 +17,7 @@ import (
 type control struct {
 	barrier   chan<- *snapshot // hand over the epoch's output
 	committed *sinks.Batch     // the epoch committed; its row buffer comes back
-	tick      int64            // wall-clock ms, sent only while caught up
+	tick      int64            // ms: when the log end the task has caught up with was seen
 	release   bool             // recovery is done: process past the limit
 	stop      bool
 }
@@ -63,15 +65,17 @@ type task struct {
 	topic     string
 	dlqTopic  string
 	maxRows   int
+	maxBytes  int
 	db        *state.DB
 
-	op    *operators.FirstSeen
-	store taskStore
-	rows  *sinks.Batch
-	spare *sinks.Batch
-	dead  []*kgo.Record
-	next  int64 // first offset not processed
-	rec   operators.Record
+	op        *operators.FirstSeen
+	store     taskStore
+	rows      *sinks.Batch
+	spare     *sinks.Batch
+	dead      []*kgo.Record
+	deadBytes int
+	next      int64 // first offset not processed
+	rec       operators.Record
 
 	// advances logs this epoch's wall-clock watermark moves for the intent.
 	advances []state.WatermarkAdvance
@@ -83,13 +87,37 @@ type task struct {
 	replay  []state.WatermarkAdvance
 	pending []*kgo.Record
 
-	in   chan []*kgo.Record
-	ctl  chan control
-	full chan<- struct{}
+	in    chan []*kgo.Record
+	ctl   chan control
+	full  chan<- struct{}
+	fatal chan<- error
 
-	pos atomic.Int64 // published next offset
-	end atomic.Int64 // log end (last stable offset) as last seen by the poller
+	target int64 // the log end at start: what --until-caught-up must reach
+
+	pos   atomic.Int64 // published next offset
+	end   atomic.Int64 // log end (last stable offset) as last seen
+	endAt atomic.Int64 // when end was seen, unix ms
 	counters
+}
+
+func (t *task) setEnd(end int64, at time.Time) {
+	t.end.Store(end)
+	t.endAt.Store(at.UnixMilli())
+}
+
+// caughtUpAt returns the time of the last log end the task has processed
+// everything up to. That time, not the wall clock, is what the idle timeout
+// runs on: while the broker cannot be reached the log end is not refreshed,
+// so an outage never passes for an idle partition.
+func (t *task) caughtUpAt() (int64, bool) {
+	at := t.endAt.Load()
+	return at, t.pos.Load() >= t.end.Load()
+}
+
+// bufferFull says whether the task must stop reading until the next
+// checkpoint: the rows or bytes it holds for the sink reached their bound.
+func (t *task) bufferFull() bool {
+	return t.rows.Len() >= t.maxRows || t.rows.Bytes()+t.deadBytes >= t.maxBytes
 }
 
 // Emit implements operators.Emitter.
@@ -119,7 +147,7 @@ func (t *task) run() {
 		in := t.in
 		if t.pending != nil {
 			in = nil // recovering: wait for the unfinished epoch to be rewritten
-		} else if t.rows.Len() >= t.maxRows {
+		} else if t.bufferFull() {
 			in = nil // back-pressure: wait for the next checkpoint
 			select {
 			case t.full <- struct{}{}:
@@ -179,7 +207,16 @@ func (t *task) replayAdvances(upTo int64) {
 func (t *task) process(recs []*kgo.Record) {
 	for i, r := range recs {
 		if r.Offset < t.next {
-			continue // a re-fetch after a broker error
+			// The log restarted below what was already processed: the topic
+			// was recreated, or an unclean leader election lost records.
+			// Going on would silently skip or mix records.
+			select {
+			case t.fatal <- fmt.Errorf("partition %d: the log went back from offset %d to %d: was the topic recreated or truncated? "+
+				"The state no longer matches it; start with a new --state-dir", t.partition, t.next, r.Offset):
+			default:
+			}
+			t.pending = recs[i:] // stop reading; the run is ending
+			return
 		}
 		if t.limit >= 0 {
 			if r.Offset >= t.limit {
@@ -196,7 +233,9 @@ func (t *task) process(recs []*kgo.Record) {
 		t.counters.records.Add(1)
 		t.rec = operators.Record{Value: r.Value, Offset: r.Offset, Timestamp: r.Timestamp.UnixMilli()}
 		if reason := t.op.Process(&t.rec); reason != operators.OK {
-			t.dead = append(t.dead, deadLetter(t.dlqTopic, t.topic, r, reason))
+			dl := deadLetter(t.dlqTopic, t.topic, r, reason)
+			t.dead = append(t.dead, dl)
+			t.deadBytes += len(dl.Key) + len(dl.Value)
 			t.counters.dead.Add(1)
 		}
 	}
@@ -217,6 +256,6 @@ func (t *task) snapshot() *snapshot {
 	s.batch.PutPartition(t.partition, state.PartitionCheckpoint{NextOffset: t.next, Progress: s.progress})
 	t.store.prev, t.store.cur = t.store.cur, t.store.prev
 	t.rows, t.spare = t.spare, nil
-	t.dead = nil
+	t.dead, t.deadBytes = nil, 0
 	return s
 }

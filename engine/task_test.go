@@ -2,6 +2,7 @@ package engine
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -79,5 +80,26 @@ func BenchmarkTaskProcess(b *testing.B) {
 		tk.rows.Reset()
 		clear(tk.store.cur)
 		tk.process(recs)
+	}
+}
+
+// TestLogGoingBackIsFatal: a record below the next offset means the log was
+// truncated under the checkpoint; the task reports it and stops reading.
+func TestLogGoingBackIsFatal(t *testing.T) {
+	tk, recs := newTestTask(t, 1)
+	fatal := make(chan error, 1)
+	tk.fatal = fatal
+	tk.process(recs[1:])
+	tk.process(recs[:1])
+	select {
+	case err := <-fatal:
+		if want := "the log went back from offset 2 to 0"; !strings.Contains(err.Error(), want) {
+			t.Fatalf("error %q does not say %q", err, want)
+		}
+	default:
+		t.Fatal("no fatal error")
+	}
+	if tk.pending == nil {
+		t.Fatal("the task goes on reading after the log went back")
 	}
 }

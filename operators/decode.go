@@ -154,11 +154,19 @@ func (d *Decoder) Decode(value []byte, ev *Event) Reason {
 	} else {
 		ev.EventTime, ok = parseEpochMillis(timeVal)
 	}
-	if !ok {
+	if !ok || ev.EventTime < MinEventTime || ev.EventTime > MaxEventTime {
 		return BadEventTime
 	}
 	return OK
 }
+
+// The accepted event times: after the epoch (0 is the usual "unset" bug of
+// a client, and would make its user never new again) and before 2106-02-07,
+// where ClickHouse's DateTime ends.
+const (
+	MinEventTime int64 = 1
+	MaxEventTime int64 = 1<<32*1000 - 1
+)
 
 // parseEpochMillis parses a JSON number of epoch milliseconds. A fraction is
 // truncated towards minus infinity.
@@ -217,7 +225,7 @@ func parseTimeString(b []byte) (int64, bool) {
 		day > daysIn(year, month) || hour > 23 || minute > 59 || sec > 60 {
 		return 0, false
 	}
-	if sec == 60 { // a leap second folds into the next second's first instant
+	if sec == 60 { // a leap second counts as the last instant of its minute
 		sec = 59
 	}
 	i := 19

@@ -183,3 +183,16 @@ func BenchmarkKeyGroup(b *testing.B) {
 		u.KeyGroup()
 	}
 }
+
+func TestEventTimeRange(t *testing.T) {
+	d := NewDecoder("uuid", "event_time")
+	var ev Event
+	for v, want := range map[string]Reason{
+		"0": BadEventTime, "-5": BadEventTime, "1": OK, `"1970-01-01T00:00:00Z"`: BadEventTime,
+		`"2106-02-07T06:28:15.999Z"`: OK, `"2106-02-07T06:28:16Z"`: BadEventTime, "4294967296000": BadEventTime,
+	} {
+		if got := d.Decode([]byte(`{"uuid":"3f1c2b9e-8a47-4c1e-9d2f-0b6a5e4c3d21","event_time":`+v+`}`), &ev); got != want {
+			t.Errorf("event_time %s: %v, want %v", v, got, want)
+		}
+	}
+}

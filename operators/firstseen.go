@@ -61,7 +61,8 @@ type Config struct {
 	UUIDField, TimeField string
 }
 
-func (c Config) withDefaults() Config {
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
 	if c.Tolerance == 0 {
 		c.Tolerance = 10 * time.Minute
 	}
@@ -143,7 +144,7 @@ type FirstSeen struct {
 
 // New returns the operator for one partition.
 func New(cfg Config, partition int32, store Store, out Emitter) *FirstSeen {
-	cfg = cfg.withDefaults()
+	cfg = cfg.WithDefaults()
 	return &FirstSeen{
 		partition: partition,
 		tol:       cfg.Tolerance.Milliseconds(),

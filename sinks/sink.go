@@ -86,6 +86,9 @@ func (b *Batch) AppendBatch(o *Batch) {
 	}
 }
 
+// Bytes is roughly the memory the rows hold.
+func (b *Batch) Bytes() int { return len(b.payloads) + 64*len(b.UUID) }
+
 // Len is the number of rows.
 func (b *Batch) Len() int { return len(b.UUID) }
 

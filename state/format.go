@@ -12,12 +12,13 @@ import (
 var errCorrupt = errors.New("state: corrupt value")
 
 // encodeHeader: version uvarint | epoch uvarint | topic (uvarint len, bytes) |
-// group (len, bytes) | tolerance ms varint | timezone (len, bytes) |
-// commit time unix ms varint.
+// topic id (16 bytes) | group (len, bytes) | tolerance ms varint |
+// timezone (len, bytes) | commit time unix ms varint.
 func encodeHeader(dst []byte, h *Header) []byte {
 	dst = binary.AppendUvarint(dst, FormatVersion)
 	dst = binary.AppendUvarint(dst, h.Epoch)
 	dst = appendString(dst, h.Topic)
+	dst = append(dst, h.TopicID[:]...)
 	dst = appendString(dst, h.Group)
 	dst = binary.AppendVarint(dst, h.Tolerance.Milliseconds())
 	dst = appendString(dst, h.Timezone)
@@ -34,6 +35,13 @@ func decodeHeader(b []byte, h *Header) error {
 	}
 	h.Epoch = d.uvarint()
 	h.Topic = d.string()
+	if d.err == nil && len(d.b) < 16 {
+		d.err = errCorrupt
+	}
+	if d.err == nil {
+		copy(h.TopicID[:], d.b[:16])
+		d.b = d.b[16:]
+	}
 	h.Group = d.string()
 	h.Tolerance = time.Duration(d.varint()) * time.Millisecond
 	h.Timezone = d.string()

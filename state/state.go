@@ -7,7 +7,7 @@
 //
 // Key formats (all integers big-endian, so keys sort numerically):
 //
-//	'u' | key group (2 bytes) | uuid (16 bytes)  -> first_seen: varint epoch ms
+//	'u' | key group (2 bytes) | uuid (16 bytes)  -> first_seen: varint epoch ms, merged by minimum
 //	'h' | partition (4 bytes) | offset (8 bytes) -> held record (see encodeHeld)
 //	'p' | partition (4 bytes)                    -> partition checkpoint (see encodePartition)
 //	'c'                                          -> checkpoint header (see encodeHeader)
@@ -26,6 +26,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -59,6 +60,9 @@ type Options struct {
 	MemTableSize uint64
 	// ReadOnly opens the database without taking part in writes.
 	ReadOnly bool
+	// Logger receives Pebble's background errors (compactions, disk). Nil
+	// discards them.
+	Logger *slog.Logger
 }
 
 // DB is the state database.
@@ -85,10 +89,11 @@ func Open(dir string, o Options) (*DB, error) {
 	opts := &pebble.Options{
 		Cache:                 cache,
 		MemTableSize:          o.MemTableSize,
-		FormatMajorVersion:    pebble.FormatNewest,
+		FormatMajorVersion:    formatMajorVersion,
 		ReadOnly:              o.ReadOnly,
 		L0CompactionThreshold: 2,
-		Logger:                quietLogger{},
+		Logger:                pebbleLogger{o.Logger},
+		Merger:                minMerger,
 	}
 	for i := range opts.Levels {
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
@@ -135,6 +140,7 @@ func (d *DB) DiskBytes() int64 {
 type Header struct {
 	Epoch     uint64 // checkpoints taken so far; rows carry the epoch that wrote them
 	Topic     string
+	TopicID   [16]byte // Kafka's id of the topic: a recreated topic has a new one
 	Group     string
 	Tolerance time.Duration
 	Timezone  string
@@ -219,11 +225,12 @@ type Batch struct {
 // NewBatch returns an empty batch.
 func (d *DB) NewBatch() *Batch { return &Batch{b: d.db.NewBatch()} }
 
-// SetUser records first_seen for u.
+// SetUser records first_seen for u. It is a merge by minimum: a later
+// value than the stored one changes nothing.
 func (b *Batch) SetUser(u *operators.UUID, firstSeen int64) {
 	k := UserKey(&b.key, u)
 	b.buf = binary.AppendVarint(b.buf[:0], firstSeen)
-	b.b.Set(k, b.buf, nil)
+	b.b.Merge(k, b.buf, nil)
 }
 
 // PutHeld stores a held record of partition.
@@ -251,11 +258,12 @@ func (b *Batch) PutPartition(partition int32, pc PartitionCheckpoint) {
 // Len is the number of bytes in the batch.
 func (b *Batch) Len() int { return b.b.Len() }
 
-// Close discards the batch.
+// Close discards the batch. The batch's creator closes it, committed or
+// not.
 func (b *Batch) Close() { b.b.Close() }
 
 // Commit applies the batches and the header atomically, removes the
-// intent, and syncs them to disk. The batches are closed.
+// intent, and syncs them to disk. It does not close the batches.
 func (d *DB) Commit(h Header, batches ...*Batch) error {
 	out := d.db.NewBatch()
 	defer out.Close()
@@ -263,7 +271,6 @@ func (d *DB) Commit(h Header, batches ...*Batch) error {
 		if err := out.Apply(b.b, nil); err != nil {
 			return err
 		}
-		b.Close()
 	}
 	if err := out.Set([]byte{keyHeader}, encodeHeader(nil, &h), nil); err != nil {
 		return err
@@ -382,10 +389,26 @@ func (r *Reader) Close() error {
 	return err
 }
 
-type quietLogger struct{}
+// formatMajorVersion is pinned, not FormatNewest, so that upgrading Pebble
+// never rewrites a state directory's format by surprise.
+const formatMajorVersion = pebble.FormatValueSeparation
 
-func (quietLogger) Infof(string, ...any)  {}
-func (quietLogger) Errorf(string, ...any) {}
-func (quietLogger) Fatalf(format string, args ...any) {
-	panic(fmt.Sprintf(format, args...))
+// pebbleLogger sends Pebble's errors to slog at error level and its
+// informational chatter at debug level.
+type pebbleLogger struct{ l *slog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...any) {
+	if p.l != nil {
+		p.l.Debug("pebble: " + fmt.Sprintf(format, args...))
+	}
+}
+
+func (p pebbleLogger) Errorf(format string, args ...any) {
+	if p.l != nil {
+		p.l.Error("pebble: " + fmt.Sprintf(format, args...))
+	}
+}
+
+func (p pebbleLogger) Fatalf(format string, args ...any) {
+	panic(fmt.Sprintf("pebble: "+format, args...))
 }

@@ -46,7 +46,7 @@ func TestCheckpointRoundTrip(t *testing.T) {
 	b2.DeleteHeld(2, held[0].Offset) // deleted in the same checkpoint: gone
 	b1.PutPartition(1, PartitionCheckpoint{NextOffset: 10, Progress: operators.Progress{MaxEventTime: 101, Watermark: -599_899}})
 	b2.PutPartition(2, PartitionCheckpoint{NextOffset: 0, Progress: operators.Progress{MaxEventTime: math.MinInt64, Watermark: math.MinInt64}})
-	h := Header{Epoch: 42, Topic: "activity", Group: "g", Tolerance: 10 * time.Minute, Timezone: "Asia/Shanghai", Time: time.UnixMilli(1767225600123)}
+	h := Header{Epoch: 42, Topic: "activity", TopicID: [16]byte{1, 2, 3, 15: 9}, Group: "g", Tolerance: 10 * time.Minute, Timezone: "Asia/Shanghai", Time: time.UnixMilli(1767225600123)}
 	if err := db.Commit(h, b1, b2); err != nil {
 		t.Fatal(err)
 	}
@@ -180,5 +180,50 @@ func BenchmarkReaderGet(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		rd.Get(&users[i%len(users)]) // half hits, half misses
+	}
+}
+
+// TestUserUpdatesKeepTheMinimum: first_seen never moves later, whatever
+// order writers commit in (two partitions writing one user, a bootstrap).
+func TestUserUpdatesKeepTheMinimum(t *testing.T) {
+	db, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	r := rand.New(rand.NewPCG(4, 4))
+	u := randomUUID(r)
+	want := int64(math.MaxInt64)
+	for epoch := 0; epoch < 20; epoch++ {
+		var batches []*Batch
+		for i := 0; i < 3; i++ {
+			v := r.Int64N(1e12) - 5e11
+			want = min(want, v)
+			b := db.NewBatch()
+			b.SetUser(&u, v)
+			batches = append(batches, b)
+		}
+		if err := db.Commit(Header{Epoch: uint64(epoch)}, batches...); err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range batches {
+			b.Close()
+		}
+		rd, err := db.NewReader()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, ok := rd.Get(&u); !ok || got != want {
+			t.Fatalf("epoch %d: first_seen %d, want the minimum %d", epoch, got, want)
+		}
+		if n := testing.AllocsPerRun(100, func() { rd.Get(&u) }); n != 0 && !raceEnabled {
+			t.Fatalf("reading a merged key allocates %.1f times", n)
+		}
+		rd.Close()
+		if epoch == 10 {
+			if err := db.db.Flush(); err != nil { // merge operands now also in an SST
+				t.Fatal(err)
+			}
+		}
 	}
 }

@@ -48,7 +48,7 @@ pipeline over it with state in a temporary Pebble directory.
 Rows go to ClickHouse when --clickhouse-addr is given and reachable (into
 --clickhouse-table, emptied first), otherwise to a JSON Lines file. It ends
 with a per-day table read back from where the rows went.`,
-		Args:    cobra.NoArgs,
+		Args:    noArgs,
 		PreRunE: preRun,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			op, err := f.operatorConfig()

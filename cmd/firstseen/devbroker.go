@@ -27,7 +27,7 @@ with franz-go's kfake. It is for development, the crash tests and the
 benchmark, where the broker must be a separate process that can be killed
 and restarted: with --data-dir its topics and committed offsets survive a
 restart. It is not a production Kafka.`,
-		Args:    cobra.NoArgs,
+		Args:    noArgs,
 		PreRunE: preRun,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if port <= 0 || port > 65535 {

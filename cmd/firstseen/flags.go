@@ -82,7 +82,7 @@ func (f *pipelineFlags) addEvent(fs *pflag.FlagSet) {
 }
 
 func (f *pipelineFlags) addClickHouse(fs *pflag.FlagSet, table string) {
-	fs.StringVar(&f.chAddr, "clickhouse-addr", "localhost:9000", "ClickHouse native-protocol address, host:port (comma-separated for several replicas)")
+	fs.StringVar(&f.chAddr, "clickhouse-addr", "localhost:9000", "ClickHouse native-protocol address, host:port; several comma-separated addresses of the same server are tried in turn (failover)")
 	fs.StringVar(&f.chDatabase, "clickhouse-database", "default", "ClickHouse database; created if missing")
 	fs.StringVar(&f.chTable, "clickhouse-table", table, "ClickHouse table for enriched rows; created if missing")
 	fs.StringVar(&f.chUser, "clickhouse-user", "default", "ClickHouse user")
@@ -174,6 +174,14 @@ func (f *pipelineFlags) engineConfig(op operators.Config, log *slog.Logger) engi
 		Operator: op, Timezone: f.timezone, CheckpointInterval: f.checkpointInterval,
 		ShutdownTimeout: f.shutdownTimeout, Logger: log,
 	}
+}
+
+// noArgs refuses positional arguments as a usage error (exit status 2).
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageError{fmt.Errorf("%s takes no arguments, got %q: flags start with --", cmd.CommandPath(), args)}
+	}
+	return nil
 }
 
 // preRun applies the environment before a command's flags are validated.

@@ -62,6 +62,8 @@ func TestBadValuesSayWhatToFix(t *testing.T) {
 		{[]string{"run", "--topic", "t"}, map[string]string{"FIRSTSEEN_MAX_FUTURE": "soon"}, `invalid FIRSTSEEN_MAX_FUTURE="soon" (for --max-future)`},
 		{[]string{"run", "--topic", "t"}, map[string]string{"FIRSTSEEN_CLICKHOUSE_PASSWORD": "x", "FIRSTSEEN_LOG_LEVEL": "loud"}, `--log-level "loud"`},
 		{[]string{"run", "--topic", "t", "--nope"}, nil, "unknown flag: --nope"},
+		{[]string{"run", "--topic", "t", "extra"}, nil, `takes no arguments, got ["extra"]`},
+		{[]string{"run", "--topic", "t", "--dlq-topic", "t"}, nil, "--dlq-topic must differ from --topic"},
 	}
 	for _, tc := range cases {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

@@ -47,7 +47,7 @@ safe: the next start replays from the last checkpoint.`,
 
   # A daily batch job: process what is there, checkpoint, exit 0.
   firstseen run --topic activity --until-caught-up`,
-		Args:    cobra.NoArgs,
+		Args:    noArgs,
 		PreRunE: preRun,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f.brokers = splitList(brokers)
@@ -56,6 +56,9 @@ safe: the next start replays from the last checkpoint.`,
 			}
 			if err := checkHostPorts("brokers", f.brokers); err != nil {
 				return err
+			}
+			if f.dlqTopic == f.topic {
+				return usageError{fmt.Errorf("--dlq-topic must differ from --topic: dead letters would be read back and dead-lettered again")}
 			}
 			if f.stateDir == "" {
 				return usageError{fmt.Errorf("--state-dir is empty: give a directory for the state")}
@@ -101,7 +104,9 @@ safe: the next start replays from the last checkpoint.`,
 				return usageError{fmt.Errorf("--sink %q: want clickhouse or file", sinkKind)}
 			}
 			st, err := engine.Run(ctx, cfg)
-			logSummary(log, st)
+			if err == nil || st.Records > 0 {
+				logSummary(log, st)
+			}
 			return err
 		},
 	}

@@ -61,7 +61,7 @@ func Oracle(recs []Record, cfg operators.Config, boot map[operators.UUID]int64) 
 		byPart[p] = append(byPart[p], i)
 		var ev operators.Event
 		r := dec.Decode(recs[i].Value, &ev)
-		if r == operators.OK && ev.EventTime-recs[i].Timestamp.UnixMilli() > maxFuture {
+		if ts := recs[i].Timestamp.UnixMilli(); r == operators.OK && ts > 0 && ev.EventTime-ts > maxFuture {
 			r = operators.TooFarInFuture
 		}
 		out[i].Reason, out[i].UUID, out[i].EventTime = r, ev.UUID, ev.EventTime

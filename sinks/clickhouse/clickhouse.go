@@ -35,9 +35,11 @@
 // INSERT is atomic only within one table partition (month), so a failed
 // write may have landed partly. The rows of an epoch are identified by
 // (src_partition, src_offset, _epoch): a retried Write of the same batch
-// inserts only the rows the failed one did not land, and after a crash the
-// engine asks [Sink.Landed] which offsets of an epoch are already in the
-// table and writes only the rest.
+// inserts only the rows the failed one did not land. After a crash the
+// engine replays the unfinished epoch and writes it with Batch.Retry set:
+// the sink waits until no INSERT of that epoch still runs on the server
+// (their query ids carry the table and epoch), reads which offsets of the
+// epoch are already in the table, and inserts only the rest.
 package clickhouse
 
 import (
