@@ -57,21 +57,55 @@ func (p *pipeline) checkpoint(ctx context.Context, retry bool) error {
 	fail := func(err error) error {
 		return fmt.Errorf("checkpoint %d not taken, the next start replays from checkpoint %d: %w", epoch, p.header.Epoch, err)
 	}
-	if p.out.Len() > 0 {
+	output := p.out.Len() > 0 || len(dead) > 0
+	if output {
 		// The intent makes a crash from here on recoverable without
-		// duplicates: it names the input this epoch covers.
+		// duplicates: it names the input this epoch covers, and where its
+		// dead letters will start.
 		in := state.Intent{Epoch: epoch, Partitions: make(map[int32]state.IntentPartition, len(snaps))}
 		for _, s := range snaps {
 			in.Partitions[s.partition] = state.IntentPartition{Next: s.next, Advances: s.advances}
+		}
+		switch {
+		case retry:
+			in.DeadLetterEnds = p.recoveredDeadLetterEnds
+		case len(dead) > 0:
+			ends, err := listOffsets(ctx, p.adm.ListEndOffsets, p.cfg.DLQTopic)
+			if err != nil {
+				return fail(fmt.Errorf("list the end offsets of dead-letter topic %q: %w", p.cfg.DLQTopic, err))
+			}
+			in.DeadLetterEnds = ends
 		}
 		if err := p.db.WriteIntent(&in); err != nil {
 			return fail(fmt.Errorf("write the intent to %s: %w", p.cfg.StateDir, err))
 		}
 	}
+	if err := p.crashPoint("before sink write", output); err != nil {
+		return fail(err)
+	}
 	if err := p.retry(ctx, "sink write", func() error { return p.cfg.Sink.Write(ctx, &p.out) }, p.cfg.IsRetryable); err != nil {
 		return fail(err)
 	}
+	if err := p.crashPoint("after sink write", output); err != nil {
+		return fail(err)
+	}
+	if retry && len(dead) > 0 {
+		landed, err := p.deadLettersSince(ctx, p.recoveredDeadLetterEnds)
+		if err != nil {
+			return fail(fmt.Errorf("read which dead letters of epoch %d already landed: %w", epoch, err))
+		}
+		kept := dead[:0]
+		for _, r := range dead {
+			if !landed[deadLetterKey(r)] {
+				kept = append(kept, r)
+			}
+		}
+		dead = kept
+	}
 	if err := p.produceDeadLetters(ctx, dead); err != nil {
+		return fail(err)
+	}
+	if err := p.crashPoint("after dead letters", output); err != nil {
 		return fail(err)
 	}
 	h := p.header
@@ -128,6 +162,15 @@ func headerValue(r *kgo.Record, key string) string {
 		}
 	}
 	return "?"
+}
+
+// crashPoint lets tests stop a checkpoint that has output at a named point,
+// as a crash would. It is a no-op unless Config.Testing sets a hook.
+func (p *pipeline) crashPoint(name string, output bool) error {
+	if !output || p.cfg.Testing == nil || p.cfg.Testing.CrashAt == nil {
+		return nil
+	}
+	return p.cfg.Testing.CrashAt(name)
 }
 
 // retry calls fn until it succeeds, ctx ends, or retryable says no.

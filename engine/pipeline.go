@@ -51,6 +51,8 @@ type Config struct {
 
 	Logger       *slog.Logger
 	KafkaOptions []kgo.Opt // extra client options (TLS, SASL, ...)
+	// Testing holds hooks for tests; nil in production.
+	Testing *TestingKnobs
 	// Now is the wall clock (default time.Now). It drives idleness only.
 	Now func() time.Time
 }
@@ -89,6 +91,15 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// TestingKnobs are hooks that let tests put a run in states that are
+// otherwise a matter of timing.
+type TestingKnobs struct {
+	// CrashAt is called at named points of every checkpoint that has rows
+	// or dead letters ("before sink write", "after sink write", "after dead
+	// letters"); an error ends the run there, as a crash would.
+	CrashAt func(point string) error
+}
+
 // Stats are a run's totals.
 type Stats struct {
 	Records      int64 // input records read (valid and malformed)
@@ -113,6 +124,8 @@ type pipeline struct {
 	full   chan struct{}
 	fatal  chan error
 	held   int // held records at the last checkpoint
+	// recoveredDeadLetterEnds come from the intent of the unfinished epoch.
+	recoveredDeadLetterEnds map[int32]int64
 }
 
 // Run processes the topic until ctx is cancelled (then it takes a final
@@ -160,6 +173,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	if recovering && intent.Epoch != cp.Epoch+1 {
 		return Stats{}, fmt.Errorf("state in %s is inconsistent: intent for epoch %d after checkpoint %d", cfg.StateDir, intent.Epoch, cp.Epoch)
 	}
+	p.recoveredDeadLetterEnds = intent.DeadLetterEnds
 
 	topic, err := p.discover(ctx)
 	if err != nil {

@@ -117,3 +117,53 @@ func TestRecoveryAfterCrashDuringWrite(t *testing.T) {
 		})
 	}
 }
+
+// TestRecoveryAtEveryCrashPoint stops a checkpoint at each of its crash
+// points, then restarts: the table and the dead-letter topic must hold every
+// record exactly once.
+func TestRecoveryAtEveryCrashPoint(t *testing.T) {
+	addr := chtest.Addr(t)
+	for _, point := range []string{"before sink write", "after sink write", "after dead letters"} {
+		t.Run(point, func(t *testing.T) {
+			db := chtest.FreshDatabase(t, addr)
+			broker := startBroker(t, 2)
+			recs, err := workload.Generate(workload.Config{Users: 1500, Days: 2, Partitions: 2, Seed: 21,
+				Start: time.Date(2026, 7, 1, 0, 0, 0, 0, time.UTC), LateShare: 0.01, MalformedShare: 0.02})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := workload.Oracle(recs, operators.Config{}, nil)
+			sink, err := clickhouse.Open(context.Background(), clickhouse.Config{Addr: []string{addr}, Database: db})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sink.Close()
+			cfg := engine.Config{Brokers: broker.ListenAddrs(), Topic: topic, StateDir: t.TempDir(), Sink: sink,
+				CheckpointInterval: 50 * time.Millisecond, MaxEpochRows: 500, UntilCaughtUp: true}
+			half := len(recs) / 2
+			enginetest.Produce(t, broker.ListenAddrs(), topic, recs[:half])
+
+			// Crash at the first checkpoint that has something to write.
+			crashed := 0
+			first := cfg
+			first.Testing = &engine.TestingKnobs{CrashAt: func(p string) error {
+				if p == "before sink write" {
+					crashed++
+				}
+				if p == point && crashed == 1 {
+					return errCrash
+				}
+				return nil
+			}}
+			if _, err := engine.Run(context.Background(), first); !errors.Is(err, errCrash) {
+				t.Fatalf("first run: %v, want the simulated crash (%d checkpoints with output)", err, crashed)
+			}
+			enginetest.Produce(t, broker.ListenAddrs(), topic, recs[half:])
+			if _, err := engine.Run(context.Background(), cfg); err != nil {
+				t.Fatal(err)
+			}
+			enginetest.CheckTable(t, sink.Conn(), sink.Table(), want)
+			enginetest.CheckDeadLetters(t, broker.ListenAddrs(), topic, want, false)
+		})
+	}
+}

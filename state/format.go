@@ -89,7 +89,9 @@ func decodeHeld(b []byte, h *operators.Held) error {
 
 // encodeIntent: epoch uvarint | partition count uvarint | per partition in
 // ascending order: partition varint | next varint | advance count uvarint |
-// per advance: at varint | watermark varint.
+// per advance: at varint | watermark varint | dead-letter partition count
+// uvarint | per dead-letter partition in ascending order: partition varint |
+// end offset varint.
 func encodeIntent(dst []byte, in *Intent) []byte {
 	dst = binary.AppendUvarint(dst, in.Epoch)
 	dst = binary.AppendUvarint(dst, uint64(len(in.Partitions)))
@@ -107,6 +109,20 @@ func encodeIntent(dst []byte, in *Intent) []byte {
 			dst = binary.AppendVarint(dst, a.At)
 			dst = binary.AppendVarint(dst, a.Watermark)
 		}
+	}
+	return appendOffsets(dst, in.DeadLetterEnds)
+}
+
+func appendOffsets(dst []byte, m map[int32]int64) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(m)))
+	parts := make([]int32, 0, len(m))
+	for p := range m {
+		parts = append(parts, p)
+	}
+	slices.Sort(parts)
+	for _, p := range parts {
+		dst = binary.AppendVarint(dst, int64(p))
+		dst = binary.AppendVarint(dst, m[p])
 	}
 	return dst
 }
@@ -130,6 +146,17 @@ func decodeIntent(b []byte, in *Intent) error {
 			ip.Advances = append(ip.Advances, WatermarkAdvance{At: d.varint(), Watermark: d.varint()})
 		}
 		in.Partitions[p] = ip
+	}
+	nd := d.uvarint()
+	if d.err != nil || nd > uint64(len(b)) {
+		return errCorrupt
+	}
+	if nd > 0 {
+		in.DeadLetterEnds = make(map[int32]int64, nd)
+	}
+	for range nd {
+		p := int32(d.varint())
+		in.DeadLetterEnds[p] = d.varint()
 	}
 	return d.done()
 }

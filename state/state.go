@@ -297,6 +297,10 @@ type WatermarkAdvance struct {
 type Intent struct {
 	Epoch      uint64
 	Partitions map[int32]IntentPartition
+	// DeadLetterEnds are the dead-letter topic's end offsets before the
+	// epoch's dead letters were produced: after a crash, the records from
+	// there on tell which of them already landed.
+	DeadLetterEnds map[int32]int64
 }
 
 // IntentPartition is one partition's part of an intent.

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -225,5 +226,30 @@ func TestUserUpdatesKeepTheMinimum(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+	}
+}
+
+func TestIntentRoundTrip(t *testing.T) {
+	db, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	in := Intent{Epoch: 7, Partitions: map[int32]IntentPartition{
+		0: {Next: 100, Advances: []WatermarkAdvance{{At: 90, Watermark: -5}, {At: 100, Watermark: 1e12}}},
+		3: {Next: 0},
+	}, DeadLetterEnds: map[int32]int64{0: 12, 1: 0}}
+	if err := db.WriteIntent(&in); err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := db.LoadIntent()
+	if err != nil || !ok || fmt.Sprint(got) != fmt.Sprint(in) {
+		t.Fatalf("got %+v %v %v, want %+v", got, ok, err, in)
+	}
+	if err := db.Commit(Header{Epoch: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, _ := db.LoadIntent(); ok {
+		t.Fatal("the commit of the epoch left its intent behind")
 	}
 }

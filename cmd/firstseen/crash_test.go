@@ -95,7 +95,7 @@ func (s *scenario) waitRows(t *testing.T, p *proc, n int, timeout time.Duration)
 func (s *scenario) check(t *testing.T) {
 	t.Helper()
 	enginetest.CheckTable(t, s.conn, s.table(), s.want)
-	enginetest.CheckDeadLetters(t, s.brokers, activity, s.want, true)
+	enginetest.CheckDeadLetters(t, s.brokers, activity, s.want, false)
 }
 
 // produceSlowly produces recs in chunks with pauses, so that a processor
