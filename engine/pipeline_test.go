@@ -18,34 +18,58 @@ import (
 
 const topic = "activity"
 
-func startBroker(t *testing.T, partitions int) *kfake.Cluster {
+// fixture is what the integration tests share: an in-process Kafka-protocol
+// broker with the topic, a generated workload, and a sink into a fresh
+// database of the real ClickHouse.
+type fixture struct {
+	broker *kfake.Cluster
+	recs   []workload.Record
+	sink   *clickhouse.Sink
+}
+
+func newFixture(t *testing.T, partitions int, wc workload.Config) *fixture {
 	t.Helper()
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(int32(partitions), topic))
+	addr := chtest.Addr(t)
+	db := chtest.FreshDatabase(t, addr)
+	wc.Partitions = partitions
+	recs, err := workload.Generate(wc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.Close)
-	return c
+	sink, err := clickhouse.Open(context.Background(), clickhouse.Config{Addr: []string{addr}, Database: db})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sink.Close() })
+	return &fixture{broker: enginetest.StartBroker(t, topic, partitions), recs: recs, sink: sink}
+}
+
+// config is a pipeline over the fixture with a fresh state directory.
+func (f *fixture) config(t *testing.T, op operators.Config) engine.Config {
+	return engine.Config{Brokers: f.broker.ListenAddrs(), Topic: topic, StateDir: t.TempDir(), Operator: op,
+		CheckpointInterval: 200 * time.Millisecond, Sink: f.sink, IsRetryable: clickhouse.IsRetryable}
+}
+
+func (f *fixture) produce(t *testing.T, recs []workload.Record) {
+	enginetest.Produce(t, f.broker.ListenAddrs(), topic, recs)
+}
+
+// check compares the table and the dead-letter topic with the oracle.
+func (f *fixture) check(t *testing.T, want []workload.Expected) {
+	t.Helper()
+	enginetest.CheckTable(t, f.sink.Conn(), f.sink.Table(), want)
+	enginetest.CheckDeadLetters(t, f.broker.ListenAddrs(), topic, want, false)
 }
 
 // TestPipelineIntoClickHouse runs the real pipeline from a Kafka-protocol
 // broker into the real ClickHouse server and checks every row and every
 // dead letter against the oracle.
 func TestPipelineIntoClickHouse(t *testing.T) {
-	addr := chtest.Addr(t)
-	db := chtest.FreshDatabase(t, addr)
-	ctx := context.Background()
-
-	const partitions = 4
-	broker := startBroker(t, partitions)
-	recs, err := workload.Generate(workload.Config{Users: 1500, Days: 3, Partitions: partitions, Seed: 42,
+	f := newFixture(t, 4, workload.Config{Users: 1500, Days: 3, Seed: 42,
 		Start: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), LateShare: 0.01, MalformedShare: 0.01})
-	if err != nil {
-		t.Fatal(err)
-	}
-	enginetest.Produce(t, broker.ListenAddrs(), topic, recs)
+	f.produce(t, f.recs)
 	opCfg := operators.Config{Tolerance: 10 * time.Minute, IdleTimeout: time.Second}
-	want := workload.Oracle(recs, opCfg, nil)
+	want := workload.Oracle(f.recs, opCfg, nil)
 	var valid, late, dead int
 	for _, e := range want {
 		switch {
@@ -61,20 +85,11 @@ func TestPipelineIntoClickHouse(t *testing.T) {
 	if late == 0 || dead == 0 {
 		t.Fatalf("workload should have late (%d) and malformed (%d) records", late, dead)
 	}
-
-	sink, err := clickhouse.Open(ctx, clickhouse.Config{Addr: []string{addr}, Database: db})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
-
-	st := runUntilRows(t, engine.Config{Brokers: broker.ListenAddrs(), Topic: topic, StateDir: t.TempDir(),
-		Operator: opCfg, CheckpointInterval: 300 * time.Millisecond, Sink: sink, IsRetryable: clickhouse.IsRetryable}, valid)
+	st := runUntilRows(t, f.config(t, opCfg), valid)
 	if st.Rows != int64(valid) || st.DeadLettered != int64(dead) {
 		t.Errorf("stats: rows %d dead %d, want %d and %d", st.Rows, st.DeadLettered, valid, dead)
 	}
-	enginetest.CheckTable(t, sink.Conn(), sink.Table(), want)
-	enginetest.CheckDeadLetters(t, broker.ListenAddrs(), topic, want, false)
+	f.check(t, want)
 }
 
 // TestRestartResumesFromCheckpoint processes half the stream in bounded
@@ -82,31 +97,16 @@ func TestPipelineIntoClickHouse(t *testing.T) {
 // equal one uninterrupted run: offsets, watermarks and held records all come
 // back from the checkpoint.
 func TestRestartResumesFromCheckpoint(t *testing.T) {
-	addr := chtest.Addr(t)
-	db := chtest.FreshDatabase(t, addr)
-	const partitions = 3
-	broker := startBroker(t, partitions)
-	recs, err := workload.Generate(workload.Config{Users: 800, Days: 2, Partitions: partitions, Seed: 7,
+	f := newFixture(t, 3, workload.Config{Users: 800, Days: 2, Seed: 7,
 		Start: time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC), LateShare: 0.01, MalformedShare: 0.01})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Cut just after the first midnight, where records are held.
-	cut := sort.Search(len(recs), func(i int) bool {
-		return recs[i].Timestamp.After(time.Date(2026, 6, 2, 0, 3, 0, 0, time.UTC))
+	cut := sort.Search(len(f.recs), func(i int) bool {
+		return f.recs[i].Timestamp.After(time.Date(2026, 6, 2, 0, 3, 0, 0, time.UTC))
 	})
 	opCfg := operators.Config{Tolerance: 10 * time.Minute, IdleTimeout: time.Hour}
-	want := workload.Oracle(recs, opCfg, nil)
-	valid := enginetest.ValidCount(want)
-	sink, err := clickhouse.Open(context.Background(), clickhouse.Config{Addr: []string{addr}, Database: db})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
-	cfg := engine.Config{Brokers: broker.ListenAddrs(), Topic: topic, StateDir: t.TempDir(), Operator: opCfg,
-		CheckpointInterval: 200 * time.Millisecond, Sink: sink, IsRetryable: clickhouse.IsRetryable}
-
-	enginetest.Produce(t, broker.ListenAddrs(), topic, recs[:cut])
+	want := workload.Oracle(f.recs, opCfg, nil)
+	cfg := f.config(t, opCfg)
+	f.produce(t, f.recs[:cut])
 	first := cfg
 	first.UntilCaughtUp = true
 	st, err := engine.Run(context.Background(), first)
@@ -116,11 +116,10 @@ func TestRestartResumesFromCheckpoint(t *testing.T) {
 	if st.Held == 0 {
 		t.Fatalf("the first run should end with held records (cut after midnight); stats %+v", st)
 	}
-	enginetest.Produce(t, broker.ListenAddrs(), topic, recs[cut:])
+	f.produce(t, f.recs[cut:])
 	cfg.Operator.IdleTimeout = time.Second // release what is held once everything is read
-	runUntilRows(t, cfg, valid)
-	enginetest.CheckTable(t, sink.Conn(), sink.Table(), want)
-	enginetest.CheckDeadLetters(t, broker.ListenAddrs(), topic, want, false)
+	runUntilRows(t, cfg, enginetest.ValidCount(want))
+	f.check(t, want)
 }
 
 // runUntilRows runs the pipeline until the sink's table has n rows, then

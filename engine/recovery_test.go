@@ -13,7 +13,6 @@ import (
 	"github.com/firstseen/firstseen/operators"
 	"github.com/firstseen/firstseen/sinks"
 	"github.com/firstseen/firstseen/sinks/clickhouse"
-	"github.com/firstseen/firstseen/sinks/clickhouse/chtest"
 )
 
 var errCrash = errors.New("simulated crash")
@@ -55,7 +54,6 @@ func (s *crashingSink) Write(ctx context.Context, b *sinks.Batch) error {
 // epoch includes an idle partition's watermark advance, which the replay
 // must repeat.
 func TestRecoveryAfterCrashDuringWrite(t *testing.T) {
-	addr := chtest.Addr(t)
 	for _, tc := range []struct {
 		name string
 		keep func(n int) int
@@ -65,37 +63,25 @@ func TestRecoveryAfterCrashDuringWrite(t *testing.T) {
 		{"none landed", func(n int) int { return 0 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			db := chtest.FreshDatabase(t, addr)
-			const partitions = 3
-			broker := startBroker(t, partitions)
-			recs, err := workload.Generate(workload.Config{Users: 600, Days: 2, Partitions: partitions, Seed: 11,
+			f := newFixture(t, 3, workload.Config{Users: 600, Days: 2, Seed: 11,
 				Start: time.Date(2026, 4, 1, 0, 0, 0, 0, time.UTC), LateShare: 0.01, MalformedShare: 0.01})
-			if err != nil {
-				t.Fatal(err)
-			}
 			// End the stream just after midnight, so that the last records are
 			// held until the idle partitions' watermarks follow the clock.
-			cut := sort.Search(len(recs), func(i int) bool {
-				return recs[i].Timestamp.After(time.Date(2026, 4, 2, 0, 4, 0, 0, time.UTC))
+			cut := sort.Search(len(f.recs), func(i int) bool {
+				return f.recs[i].Timestamp.After(time.Date(2026, 4, 2, 0, 4, 0, 0, time.UTC))
 			})
-			recs = recs[:cut]
-			enginetest.Produce(t, broker.ListenAddrs(), topic, recs)
+			recs := f.recs[:cut]
+			f.produce(t, recs)
 			opCfg := operators.Config{Tolerance: 10 * time.Minute, IdleTimeout: 500 * time.Millisecond}
 			want := workload.Oracle(recs, opCfg, nil)
-			valid := enginetest.ValidCount(want)
-			sink, err := clickhouse.Open(context.Background(), clickhouse.Config{Addr: []string{addr}, Database: db})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sink.Close()
-			cfg := engine.Config{Brokers: broker.ListenAddrs(), Topic: topic, StateDir: t.TempDir(), Operator: opCfg,
-				CheckpointInterval: 2 * time.Second, MaxEpochRows: 400,
-				IsRetryable: func(err error) bool { return !errors.Is(err, errCrash) }}
+			cfg := f.config(t, opCfg)
+			cfg.CheckpointInterval, cfg.MaxEpochRows = 2*time.Second, 400
+			cfg.IsRetryable = func(err error) bool { return !errors.Is(err, errCrash) }
 
 			// First run: crashes at the last write, the one that holds the
 			// records released when the partitions went idle.
 			first := cfg
-			first.Sink = &crashingSink{Sink: sink, total: valid, keep: tc.keep}
+			first.Sink = &crashingSink{Sink: f.sink, total: enginetest.ValidCount(want), keep: tc.keep}
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
 			if _, err := engine.Run(ctx, first); !errors.Is(err, errCrash) {
@@ -105,7 +91,7 @@ func TestRecoveryAfterCrashDuringWrite(t *testing.T) {
 			// Second run, bounded: it must finish the crashed epoch from the
 			// intent, replaying the idle advance, and then find nothing to do.
 			second := cfg
-			second.Sink, second.UntilCaughtUp = sink, true
+			second.UntilCaughtUp = true
 			st, err := engine.Run(ctx, second)
 			if err != nil {
 				t.Fatal(err)
@@ -113,7 +99,7 @@ func TestRecoveryAfterCrashDuringWrite(t *testing.T) {
 			if st.Held != 0 {
 				t.Errorf("%d records still held: the replay did not repeat the idle advance", st.Held)
 			}
-			enginetest.CheckTable(t, sink.Conn(), sink.Table(), want)
+			enginetest.CheckTable(t, f.sink.Conn(), f.sink.Table(), want)
 		})
 	}
 }
@@ -122,26 +108,15 @@ func TestRecoveryAfterCrashDuringWrite(t *testing.T) {
 // points, then restarts: the table and the dead-letter topic must hold every
 // record exactly once.
 func TestRecoveryAtEveryCrashPoint(t *testing.T) {
-	addr := chtest.Addr(t)
 	for _, point := range []string{"before sink write", "after sink write", "after dead letters"} {
 		t.Run(point, func(t *testing.T) {
-			db := chtest.FreshDatabase(t, addr)
-			broker := startBroker(t, 2)
-			recs, err := workload.Generate(workload.Config{Users: 1500, Days: 2, Partitions: 2, Seed: 21,
+			f := newFixture(t, 2, workload.Config{Users: 1500, Days: 2, Seed: 21,
 				Start: time.Date(2026, 7, 1, 0, 0, 0, 0, time.UTC), LateShare: 0.01, MalformedShare: 0.02})
-			if err != nil {
-				t.Fatal(err)
-			}
-			want := workload.Oracle(recs, operators.Config{}, nil)
-			sink, err := clickhouse.Open(context.Background(), clickhouse.Config{Addr: []string{addr}, Database: db})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sink.Close()
-			cfg := engine.Config{Brokers: broker.ListenAddrs(), Topic: topic, StateDir: t.TempDir(), Sink: sink,
-				CheckpointInterval: 50 * time.Millisecond, MaxEpochRows: 500, UntilCaughtUp: true}
-			half := len(recs) / 2
-			enginetest.Produce(t, broker.ListenAddrs(), topic, recs[:half])
+			want := workload.Oracle(f.recs, operators.Config{}, nil)
+			cfg := f.config(t, operators.Config{})
+			cfg.CheckpointInterval, cfg.MaxEpochRows, cfg.UntilCaughtUp = 50*time.Millisecond, 500, true
+			half := len(f.recs) / 2
+			f.produce(t, f.recs[:half])
 
 			// Crash at the first checkpoint that has something to write.
 			crashed := 0
@@ -158,12 +133,11 @@ func TestRecoveryAtEveryCrashPoint(t *testing.T) {
 			if _, err := engine.Run(context.Background(), first); !errors.Is(err, errCrash) {
 				t.Fatalf("first run: %v, want the simulated crash (%d checkpoints with output)", err, crashed)
 			}
-			enginetest.Produce(t, broker.ListenAddrs(), topic, recs[half:])
+			f.produce(t, f.recs[half:])
 			if _, err := engine.Run(context.Background(), cfg); err != nil {
 				t.Fatal(err)
 			}
-			enginetest.CheckTable(t, sink.Conn(), sink.Table(), want)
-			enginetest.CheckDeadLetters(t, broker.ListenAddrs(), topic, want, false)
+			f.check(t, want)
 		})
 	}
 }

@@ -16,7 +16,6 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/firstseen/firstseen/engine/enginetest"
@@ -174,11 +173,7 @@ func TestKilledAtRandomMomentsNothingLostOrDuplicated(t *testing.T) {
 // it has buffered, checkpoint and exit 0 within the timeout; a restart then
 // has nothing to replay, and the consumer group shows the progress.
 func TestSigtermTakesFinalCheckpoint(t *testing.T) {
-	broker, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, activity))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
+	broker := enginetest.StartBroker(t, activity, 3)
 	s := newScenario(t, broker.ListenAddrs(), workload.Config{Users: 2000, Days: 2, Partitions: 3, Seed: 3})
 	enginetest.Produce(t, s.brokers, activity, s.recs)
 
@@ -224,11 +219,7 @@ func TestSigtermTakesFinalCheckpoint(t *testing.T) {
 // TestSecondSignalExitsAtOnceSafely: a second SIGTERM exits at once; the
 // next start still produces the exact table.
 func TestSecondSignalExitsAtOnceSafely(t *testing.T) {
-	broker, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, activity))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
+	broker := enginetest.StartBroker(t, activity, 3)
 	s := newScenario(t, broker.ListenAddrs(), workload.Config{Users: 4000, Days: 2, Partitions: 3, Seed: 4})
 	enginetest.Produce(t, s.brokers, activity, s.recs)
 	p := start(t, "run", nil, s.args()...)
@@ -336,11 +327,7 @@ func (p *proxy) down() {
 // the processor says what is wrong, retries, resumes by itself when
 // ClickHouse is back, and the table is exact.
 func TestClickHouseOutage(t *testing.T) {
-	broker, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, activity))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
+	broker := enginetest.StartBroker(t, activity, 3)
 	s := newScenario(t, broker.ListenAddrs(), workload.Config{Users: 6000, Days: 2, Partitions: 3, Seed: 6,
 		LateShare: 0.01, MalformedShare: 0.01})
 	px := newProxy(t, s.chAddr)

@@ -12,12 +12,25 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/firstseen/firstseen/engine"
 	"github.com/firstseen/firstseen/engine/workload"
 	"github.com/firstseen/firstseen/operators"
 )
+
+// StartBroker runs a Kafka-protocol broker (kfake) in the test's process
+// with topic created; it stops when the test ends.
+func StartBroker(t testing.TB, topic string, partitions int) *kfake.Cluster {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(int32(partitions), topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
 
 // Produce writes recs to topic in order, each to its partition.
 func Produce(t testing.TB, brokers []string, topic string, recs []workload.Record) {
