@@ -44,9 +44,11 @@ package clickhouse
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"hash/crc64"
 	"maps"
 	"math"
 	"math/rand/v2"
@@ -231,7 +233,34 @@ func createTableSQL(table string, major int) string {
   _epoch        UInt64
 ) ENGINE = MergeTree
 PARTITION BY toYYYYMM(event_date)
-ORDER BY (event_date, uuid, event_time)`
+ORDER BY (event_date, uuid, event_time)` + tableSettings(major)
+}
+
+// Servers from 22.2 deduplicate an INSERT by insert_deduplication_token
+// within non_replicated_deduplication_window on a plain MergeTree: a second
+// line of defence behind the landed-rows check, which older servers need.
+const dedupTokenMajor = 22
+
+func tableSettings(major int) string {
+	if major >= dedupTokenMajor {
+		return "\nSETTINGS non_replicated_deduplication_window = 1000"
+	}
+	return ""
+}
+
+// dedupToken names an INSERT's exact content: the table, the epoch and the
+// (partition, offset) of every row in it. A retry of the same rows gets the
+// same token and is dropped by the server; a retry of only the rows that
+// did not land is different content, so it gets another token.
+func dedupToken(table string, epoch uint64, partitions []int32, offsets []int64) string {
+	h := crc64.New(crc64.MakeTable(crc64.ECMA))
+	var buf [12]byte
+	for i := range offsets {
+		binary.LittleEndian.PutUint32(buf[:4], uint32(partitions[i]))
+		binary.LittleEndian.PutUint64(buf[4:], uint64(offsets[i]))
+		h.Write(buf[:])
+	}
+	return fmt.Sprintf("firstseen-%08x-%d-%d-%016x", crc32.ChecksumIEEE([]byte(table)), epoch, len(offsets), h.Sum64())
 }
 
 // columnTypes returns the type of each column of the table; none when the
@@ -357,7 +386,16 @@ func (s *Sink) insertRows(ctx context.Context, b *sinks.Batch, filtered bool, lo
 	defer s.clearRefs()
 
 	id := s.queryIDPrefix(b.Epoch) + fmt.Sprintf("%016x", rand.Uint64())
-	batch, err := s.conn.PrepareBatch(ch.Context(ctx, ch.WithQueryID(id)), s.insert)
+	partitions, offsets := s.partitions, s.offsets
+	if !filtered {
+		partitions, offsets = b.Partition[lo:hi], b.Offset[lo:hi]
+	}
+	opts := []ch.QueryOption{ch.WithQueryID(id)}
+	if s.major >= dedupTokenMajor {
+		opts = append(opts, ch.WithSettings(ch.Settings{
+			"insert_deduplication_token": dedupToken(s.table, b.Epoch, partitions, offsets)}))
+	}
+	batch, err := s.conn.PrepareBatch(ch.Context(ctx, opts...), s.insert)
 	if err != nil {
 		return err
 	}
@@ -366,10 +404,6 @@ func (s *Sink) insertRows(ctx context.Context, b *sinks.Batch, filtered bool, lo
 			_ = batch.Abort()
 		}
 	}()
-	partitions, offsets := s.partitions, s.offsets
-	if !filtered {
-		partitions, offsets = b.Partition[lo:hi], b.Offset[lo:hi]
-	}
 	values := [len(columns)]any{
 		s.dates, s.eventTimes, s.uuids, s.firstSeens, s.isNew, s.late,
 		partitions, offsets, s.payloads, s.kafkaTimes, s.epochs,

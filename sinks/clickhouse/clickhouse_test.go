@@ -769,3 +769,28 @@ func TestRetryWaitsForRunningInsert(t *testing.T) {
 		t.Fatalf("%d rows, want 1", n)
 	}
 }
+
+// The deduplication token of current servers must name the exact content
+// of an INSERT: the same rows give the same token, other rows another one.
+// (The test server, 18.16, has no tokens; this checks what is sent.)
+func TestDedupToken(t *testing.T) {
+	parts, offs := []int32{0, 0, 1}, []int64{10, 11, 10}
+	a := dedupToken("`db`.`t`", 5, parts, offs)
+	if a != dedupToken("`db`.`t`", 5, parts, offs) {
+		t.Fatal("token not deterministic")
+	}
+	for _, other := range []string{
+		dedupToken("`db`.`t`", 6, parts, offs),
+		dedupToken("`db`.`u`", 5, parts, offs),
+		dedupToken("`db`.`t`", 5, parts[:2], offs[:2]),
+		dedupToken("`db`.`t`", 5, []int32{0, 1, 1}, offs),
+	} {
+		if other == a {
+			t.Fatalf("different content, same token %s", a)
+		}
+	}
+	if !strings.Contains(createTableSQL("t", 24), "non_replicated_deduplication_window") ||
+		strings.Contains(createTableSQL("t", 18), "SETTINGS") {
+		t.Fatal("the deduplication window must be set exactly on servers that have it")
+	}
+}
