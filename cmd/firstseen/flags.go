@@ -50,6 +50,7 @@ func isSecret(name string) bool { return strings.Contains(name, "password") }
 
 // pipelineFlags are the flags of the processor, shared by run and demo.
 type pipelineFlags struct {
+	brokersList        string
 	brokers            []string
 	topic, group       string
 	stateDir           string
@@ -69,6 +70,20 @@ type pipelineFlags struct {
 	timeField          string
 	logLevel           string
 	logFormat          string
+}
+
+// addKafka registers the Kafka flags. Every command that touches the topic
+// or the state takes the same names, so one set of flags serves them all.
+func (f *pipelineFlags) addKafka(fs *pflag.FlagSet) {
+	fs.StringVar(&f.brokersList, "brokers", "localhost:9092", "Kafka bootstrap brokers, comma-separated host:port")
+	fs.StringVar(&f.topic, "topic", "", "Kafka topic of the activity logs (required)")
+	fs.StringVar(&f.group, "group", "firstseen", "consumer group under which progress is committed for lag monitoring")
+	fs.StringVar(&f.dlqTopic, "dlq-topic", "", "dead-letter topic for malformed records (default <topic>.dlq)")
+}
+
+// addState registers --state-dir.
+func (f *pipelineFlags) addState(fs *pflag.FlagSet) {
+	fs.StringVar(&f.stateDir, "state-dir", "firstseen-state", "directory of the local state (Pebble): first-seen times, offsets, watermarks, held records")
 }
 
 func (f *pipelineFlags) addEvent(fs *pflag.FlagSet) {

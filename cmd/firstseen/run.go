@@ -20,7 +20,6 @@ import (
 func newRunCmd() *cobra.Command {
 	var (
 		f             pipelineFlags
-		brokers       string
 		sinkKind      string
 		sinkPath      string
 		untilCaughtUp bool
@@ -50,7 +49,7 @@ safe: the next start replays from the last checkpoint.`,
 		Args:    noArgs,
 		PreRunE: preRun,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f.brokers = splitList(brokers)
+			f.brokers = splitList(f.brokersList)
 			if f.topic == "" {
 				return usageError{fmt.Errorf("--topic is required: the Kafka topic holding the activity logs")}
 			}
@@ -112,11 +111,8 @@ safe: the next start replays from the last checkpoint.`,
 	}
 	fs := cmd.Flags()
 	fs.SortFlags = false
-	fs.StringVar(&brokers, "brokers", "localhost:9092", "Kafka bootstrap brokers, comma-separated host:port")
-	fs.StringVar(&f.topic, "topic", "", "Kafka topic of the activity logs (required)")
-	fs.StringVar(&f.group, "group", "firstseen", "consumer group under which progress is committed for lag monitoring")
-	fs.StringVar(&f.stateDir, "state-dir", "firstseen-state", "directory of the local state (Pebble): first-seen times, offsets, watermarks, held records")
-	fs.StringVar(&f.dlqTopic, "dlq-topic", "", "dead-letter topic for malformed records (default <topic>.dlq)")
+	f.addKafka(fs)
+	f.addState(fs)
 	f.addClickHouse(fs, "enriched_logs")
 	f.addEvent(fs)
 	fs.BoolVar(&untilCaughtUp, "until-caught-up", false, "process what the topic holds at start, take a final checkpoint and exit 0 (for scheduled jobs)")
