@@ -127,6 +127,12 @@ func (p *pipeline) checkpoint(ctx context.Context, retry bool) error {
 	}
 	p.log.Debug("checkpoint", "epoch", epoch, "rows", p.out.Len(), "dead_letters", len(dead), "held", held,
 		"took", time.Since(began))
+	if p.cfg.SnapshotInterval > 0 && time.Since(p.snapshotAt) >= p.cfg.SnapshotInterval {
+		p.snapshotAt = time.Now()
+		if err := p.db.PublishSnapshot(epoch); err != nil {
+			p.log.Warn("publishing a state snapshot for `firstseen state` failed", "err", err)
+		}
+	}
 	return nil
 }
 

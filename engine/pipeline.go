@@ -43,6 +43,10 @@ type Config struct {
 	// ShutdownTimeout bounds the final checkpoint after ctx is cancelled
 	// (default 30s).
 	ShutdownTimeout time.Duration
+	// SnapshotInterval is how often a snapshot of the state is published
+	// for `firstseen state` to read while the run holds the state (default
+	// 1m; negative: never).
+	SnapshotInterval time.Duration
 
 	Sink sinks.Sink
 	// IsRetryable tells a transient sink error from a permanent one. Nil
@@ -76,6 +80,9 @@ func (c *Config) setDefaults() {
 	c.Operator = c.Operator.WithDefaults()
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = 30 * time.Second
+	}
+	if c.SnapshotInterval == 0 {
+		c.SnapshotInterval = time.Minute
 	}
 	if c.IsRetryable == nil {
 		c.IsRetryable = func(error) bool { return true }
@@ -124,6 +131,8 @@ type pipeline struct {
 	full   chan struct{}
 	fatal  chan error
 	held   int // held records at the last checkpoint
+	// snapshotAt is when the last snapshot was published.
+	snapshotAt time.Time
 	// recoveredDeadLetterEnds come from the intent of the unfinished epoch.
 	recoveredDeadLetterEnds map[int32]int64
 }

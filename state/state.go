@@ -28,7 +28,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -105,7 +106,10 @@ func Open(dir string, o Options) (*DB, error) {
 		if errors.Is(err, pebble.ErrDBDoesNotExist) {
 			return nil, fmt.Errorf("state dir %s holds no state", dir)
 		}
-		return nil, fmt.Errorf("open state in %s: %w (is another firstseen process using it?)", dir, err)
+		if isLockError(err) {
+			return nil, fmt.Errorf("state dir %s: %w (a running firstseen holds it)", dir, ErrInUse)
+		}
+		return nil, fmt.Errorf("open state in %s: %w", dir, err)
 	}
 	return &DB{db: db, cache: cache, dir: dir}, nil
 }
@@ -124,16 +128,22 @@ func (d *DB) Close() error {
 // Dir is the database's directory.
 func (d *DB) Dir() string { return d.dir }
 
-// DiskBytes is the size of the live SST files.
+// DiskBytes is the size of the live SST files (snapshots, being hard links
+// to them, are not counted).
 func (d *DB) DiskBytes() int64 {
 	var n int64
-	filepath.Walk(d.dir, func(_ string, fi os.FileInfo, err error) error {
-		if err == nil && filepath.Ext(fi.Name()) == ".sst" {
-			n += fi.Size()
-		}
-		return nil
-	})
+	for _, l := range d.db.Metrics().Levels {
+		n += int64(l.TablesSize)
+	}
 	return n
+}
+
+// isLockError tells Pebble's "directory locked" error, which has no
+// sentinel, from other open failures: another process's lock is EAGAIN from
+// flock, this process's own is reported by Pebble in words.
+func isLockError(err error) bool {
+	return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) ||
+		strings.Contains(err.Error(), "lock held") || strings.Contains(err.Error(), "already locked")
 }
 
 // Header is the global part of a checkpoint.

@@ -19,10 +19,11 @@ import (
 
 func newRunCmd() *cobra.Command {
 	var (
-		f             pipelineFlags
-		sinkKind      string
-		sinkPath      string
-		untilCaughtUp bool
+		f                pipelineFlags
+		sinkKind         string
+		sinkPath         string
+		untilCaughtUp    bool
+		snapshotInterval time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "run --topic TOPIC [flags]",
@@ -78,6 +79,10 @@ safe: the next start replays from the last checkpoint.`,
 
 			cfg := f.engineConfig(op, log)
 			cfg.UntilCaughtUp = untilCaughtUp
+			cfg.SnapshotInterval = snapshotInterval
+			if snapshotInterval == 0 {
+				cfg.SnapshotInterval = -1
+			}
 			switch sinkKind {
 			case "clickhouse":
 				if err := checkHostPorts("clickhouse-addr", splitList(f.chAddr)); err != nil {
@@ -117,6 +122,7 @@ safe: the next start replays from the last checkpoint.`,
 	f.addEvent(fs)
 	fs.BoolVar(&untilCaughtUp, "until-caught-up", false, "process what the topic holds at start, take a final checkpoint and exit 0 (for scheduled jobs)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long the final checkpoint may take")
+	fs.DurationVar(&snapshotInterval, "snapshot-interval", time.Minute, "how often a snapshot of the state is published for 'firstseen state' to read while this runs (0: never)")
 	fs.StringVar(&sinkKind, "sink", "clickhouse", "where rows go: clickhouse, or file (JSON Lines at --sink-path)")
 	fs.StringVar(&sinkPath, "sink-path", "", "with --sink file: the JSON Lines file rows are appended to")
 	f.addLogging(fs)
