@@ -66,7 +66,7 @@ func (p *pipeline) deadLettersSince(ctx context.Context, from map[int32]int64) (
 	if remaining == 0 {
 		return found, nil
 	}
-	opts := append([]kgo.Opt{kgo.SeedBrokers(p.cfg.Brokers...), kgo.WithLogger(kafkaLogger{p.log}),
+	opts := append([]kgo.Opt{kgo.SeedBrokers(p.cfg.Brokers...), kgo.WithLogger(KafkaLogger(p.log)),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{p.cfg.DLQTopic: start})}, p.cfg.KafkaOptions...)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {

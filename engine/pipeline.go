@@ -250,7 +250,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.KeepControlRecords(),
 		kgo.ProducerLinger(5 * time.Millisecond),
-		kgo.WithLogger(kafkaLogger{p.log}),
+		kgo.WithLogger(KafkaLogger(p.log)),
 	}, cfg.KafkaOptions...)
 	if p.cl, err = kgo.NewClient(opts...); err != nil {
 		return Stats{}, fmt.Errorf("kafka client: %w", err)

@@ -28,7 +28,7 @@ func (p *pipeline) discover(ctx context.Context) (topicInfo, error) {
 	var ti topicInfo
 	brokers := strings.Join(p.cfg.Brokers, ",")
 	opts := append([]kgo.Opt{kgo.SeedBrokers(p.cfg.Brokers...), kgo.RetryTimeout(30 * time.Second),
-		kgo.WithLogger(kafkaLogger{p.log})}, p.cfg.KafkaOptions...)
+		kgo.WithLogger(KafkaLogger(p.log))}, p.cfg.KafkaOptions...)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return ti, fmt.Errorf("kafka client: %w", err)
@@ -174,6 +174,10 @@ func (p *pipeline) byPartition(part int32) *task {
 	}
 	return nil
 }
+
+// KafkaLogger passes franz-go's warnings and errors (retries, broker
+// trouble) to l, their messages prefixed with "kafka: ".
+func KafkaLogger(l *slog.Logger) kgo.Logger { return kafkaLogger{l} }
 
 // kafkaLogger sends franz-go's warnings and errors to slog.
 type kafkaLogger struct{ l *slog.Logger }

@@ -168,6 +168,33 @@ const (
 	MaxEventTime int64 = 1<<32*1000 - 1
 )
 
+// ParseEventTime reads an event time given as bare text (a CSV field, say)
+// by the rules Decoder applies to the event-time member: text that is a
+// JSON number is read as that number would be (epoch milliseconds, a
+// fraction truncated towards minus infinity), anything else as the contents
+// of a JSON string (decimal epoch milliseconds, or RFC 3339). The time must
+// lie in MinEventTime..MaxEventTime.
+func ParseEventTime(b []byte) (int64, bool) {
+	n, ok := parseInt(b)
+	if !ok {
+		if isJSONNumber(b) {
+			n, ok = parseEpochMillis(b)
+		} else {
+			n, ok = parseTimeString(b)
+		}
+	}
+	return n, ok && n >= MinEventTime && n <= MaxEventTime
+}
+
+// isJSONNumber tells whether b is exactly one JSON number.
+func isJSONNumber(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	s := scanner{b: b}
+	return s.number() && s.i == len(b)
+}
+
 // parseEpochMillis parses a JSON number of epoch milliseconds. A fraction is
 // truncated towards minus infinity.
 func parseEpochMillis(b []byte) (int64, bool) {

@@ -21,27 +21,11 @@ import (
 	"github.com/firstseen/firstseen/state"
 )
 
-// bsExec runs firstseen in-process with stdin and returns stdout and
-// stderr apart.
-func bsExec(t *testing.T, stdin io.Reader, args ...string) (stdout, stderr string, err error) {
-	t.Helper()
-	root := newRoot()
-	var out, errb bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&errb)
-	if stdin != nil {
-		root.SetIn(stdin)
-	}
-	root.SetArgs(args)
-	err = root.Execute()
-	return out.String(), errb.String(), err
-}
-
 // bsLoad bootstraps stateDir with the given arguments, failing the test on
 // an error, and returns the summary's numbers and stderr.
 func bsLoad(t *testing.T, stdin io.Reader, stateDir string, args ...string) (map[string]float64, string) {
 	t.Helper()
-	out, errs, err := bsExec(t, stdin, append([]string{"bootstrap", "--state-dir", stateDir, "--log-level", "error"}, args...)...)
+	out, errs, err := runCLI(t, stdin, append([]string{"bootstrap", "--state-dir", stateDir, "--log-level", "error"}, args...)...)
 	if err != nil {
 		t.Fatalf("bootstrap %v: %v\nstderr:\n%s", args, err, errs)
 	}
@@ -81,13 +65,20 @@ func bsExpect(t *testing.T, got map[string]float64, want map[string]float64) {
 	}
 }
 
-// bsState reads every user of the state in dir.
-func bsState(t *testing.T, dir string) map[operators.UUID]int64 {
+// bsOpen opens the state in dir; the caller closes it.
+func bsOpen(t *testing.T, dir string) *state.DB {
 	t.Helper()
 	db, err := state.Open(dir, state.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return db
+}
+
+// bsState reads every user of the state in dir.
+func bsState(t *testing.T, dir string) map[operators.UUID]int64 {
+	t.Helper()
+	db := bsOpen(t, dir)
 	defer db.Close()
 	m := map[operators.UUID]int64{}
 	if err := db.EachUser(func(u operators.UUID, fs int64) error {
@@ -103,10 +94,7 @@ func bsState(t *testing.T, dir string) map[operators.UUID]int64 {
 // that the state holds no other user.
 func bsCheck(t *testing.T, dir string, want map[operators.UUID]int64) {
 	t.Helper()
-	db, err := state.Open(dir, state.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := bsOpen(t, dir)
 	defer db.Close()
 	r, err := db.NewReader()
 	if err != nil {
@@ -127,10 +115,7 @@ func bsCheck(t *testing.T, dir string, want map[operators.UUID]int64) {
 // checkpoint batch).
 func bsSeed(t *testing.T, dir string, users map[operators.UUID]int64) {
 	t.Helper()
-	db, err := state.Open(dir, state.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := bsOpen(t, dir)
 	defer db.Close()
 	b := db.NewBatch()
 	defer b.Close()
@@ -162,11 +147,7 @@ func mustUUID(t *testing.T, s string) operators.UUID {
 func bsWrite(t *testing.T, path string, content []byte, gz bool) string {
 	t.Helper()
 	if gz {
-		var b bytes.Buffer
-		w := gzip.NewWriter(&b)
-		w.Write(content)
-		w.Close()
-		content = b.Bytes()
+		content = gzipped(t, content)
 	}
 	if err := os.WriteFile(path, content, 0o644); err != nil {
 		t.Fatal(err)
@@ -382,7 +363,7 @@ func TestBootstrapStrictAppliesNothing(t *testing.T) {
 		fmt.Fprintf(&b, "%s,1000\n", bsUUID(r))
 	}
 	in := bsWrite(t, filepath.Join(t.TempDir(), "u.csv"), []byte(b.String()), false)
-	_, _, err := bsExec(t, nil, "bootstrap", "--state-dir", dir, "--strict", "--log-level", "error", in)
+	_, _, err := runCLI(t, nil, "bootstrap", "--state-dir", dir, "--strict", "--log-level", "error", in)
 	var ue usageError
 	if err == nil || !strings.Contains(err.Error(), "line 5003") || !strings.Contains(err.Error(), "nothing was applied") || errors.As(err, &ue) {
 		t.Fatalf("--strict: %v; want a runtime error naming line 5003", err)
@@ -413,7 +394,7 @@ func TestBootstrapUsageErrors(t *testing.T) {
 		{[]string{"--uuid-column", "id", csv}, `no column "first_seen"`},
 		{[]string{"--users-query", "SELECT 1", "--clickhouse-addr", "nohost"}, "not host:port"},
 	} {
-		_, _, err := bsExec(t, nil, append([]string{"bootstrap", "--state-dir", st, "--log-level", "error"}, tc.args...)...)
+		_, _, err := runCLI(t, nil, append([]string{"bootstrap", "--state-dir", st, "--log-level", "error"}, tc.args...)...)
 		var ue usageError
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.As(err, &ue) {
 			t.Errorf("%v: got %v, want a usage error containing %q", tc.args, err, tc.want)
@@ -429,13 +410,10 @@ func TestBootstrapUsageErrors(t *testing.T) {
 
 func TestBootstrapRefusesStateInUse(t *testing.T) {
 	dir := t.TempDir()
-	db, err := state.Open(dir, state.Options{}) // as a running processor holds it
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := bsOpen(t, dir) // as a running processor holds it
 	defer db.Close()
 	in := bsWrite(t, filepath.Join(t.TempDir(), "u.csv"), bsContent("csv"), false)
-	_, _, err = bsExec(t, nil, "bootstrap", "--state-dir", dir, "--log-level", "error", in)
+	_, _, err := runCLI(t, nil, "bootstrap", "--state-dir", dir, "--log-level", "error", in)
 	want := fmt.Sprintf("state dir %s is in use by a running firstseen process: stop it (SIGTERM takes a final checkpoint), run bootstrap, start it again", dir)
 	if err == nil || err.Error() != want {
 		t.Fatalf("got %v\nwant %s", err, want)
@@ -454,16 +432,13 @@ func TestBootstrapRefusesStateInUse(t *testing.T) {
 
 func TestBootstrapRefusesUnfinishedCheckpoint(t *testing.T) {
 	dir := t.TempDir()
-	db, err := state.Open(dir, state.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := bsOpen(t, dir)
 	if err := db.WriteIntent(&state.Intent{Epoch: 7, Partitions: map[int32]state.IntentPartition{0: {Next: 10}}}); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()
 	in := bsWrite(t, filepath.Join(t.TempDir(), "u.csv"), bsContent("csv"), false)
-	_, _, err = bsExec(t, nil, "bootstrap", "--state-dir", dir, "--log-level", "error", in)
+	_, _, err := runCLI(t, nil, "bootstrap", "--state-dir", dir, "--log-level", "error", in)
 	if err == nil || !strings.Contains(err.Error(), "unfinished checkpoint (epoch 7") {
 		t.Fatalf("got %v, want a refusal naming the unfinished checkpoint", err)
 	}
@@ -611,7 +586,7 @@ func TestBootstrapLineNumbersAcrossChunks(t *testing.T) {
 }
 
 func TestBootstrapHelpExplainsFlagsAndRules(t *testing.T) {
-	out, _, err := bsExec(t, nil, "bootstrap", "--help")
+	out, _, err := runCLI(t, nil, "bootstrap", "--help")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -670,15 +645,14 @@ func TestBootstrapParseUUIDAgreesWithOperators(t *testing.T) {
 	}
 }
 
-func TestBootstrapTimeParserMatchesTheStream(t *testing.T) {
-	p := newTimeParser()
+func TestBootstrapTimeParsingMatchesTheStream(t *testing.T) {
 	dec := operators.NewDecoder("u", "t")
 	var ev operators.Event
 	for _, s := range []string{"1", "0", "-5", "1714550400000", "1714550400000.9", "1.7145504e12", "4294967295999", "4294967296000",
 		"2024-05-01T08:00:00Z", "2024-05-01t08:00:00z", "2024-05-01 08:00:00+02:00", "2024-05-01T08:00:00.123456-07:30",
 		"2024-05-01T08:00:00", "2024-02-30T00:00:00Z", "1969-12-31T23:59:59Z", "yesterday", "", "12ab", "1e400", "00001",
 		"999999999999999999", "9999999999999999999", "2016-12-31T23:59:60Z", "１"} {
-		got, ok := p.parse([]byte(s))
+		got, ok := operators.ParseEventTime([]byte(s))
 		// The stream's verdict: the value as a JSON string, or as a number.
 		want, wok := int64(0), false
 		for _, js := range []string{strconv.Quote(s), s} {
@@ -776,13 +750,13 @@ func TestBootstrapFromClickHouse(t *testing.T) {
 			"SELECT id, toFloat64(ms) FROM users": "the second column",
 			"SELECT ms, dt FROM users":            "the first column",
 		} {
-			_, _, err := bsExec(t, nil, append([]string{"bootstrap", "--state-dir", t.TempDir(), "--log-level", "error"}, flags(q)...)...)
+			_, _, err := runCLI(t, nil, append([]string{"bootstrap", "--state-dir", t.TempDir(), "--log-level", "error"}, flags(q)...)...)
 			var ue usageError
 			if err == nil || !strings.Contains(err.Error(), msg) || !errors.As(err, &ue) {
 				t.Errorf("%s: %v, want a usage error with %q", q, err, msg)
 			}
 		}
-		_, _, err := bsExec(t, nil, append([]string{"bootstrap", "--state-dir", t.TempDir(), "--log-level", "error"}, flags("SELECT nope FROM users")...)...)
+		_, _, err := runCLI(t, nil, append([]string{"bootstrap", "--state-dir", t.TempDir(), "--log-level", "error"}, flags("SELECT nope FROM users")...)...)
 		if err == nil || !strings.Contains(err.Error(), "--users-query") {
 			t.Errorf("a failing query: %v", err)
 		}
@@ -867,7 +841,7 @@ func TestBootstrapStartsOnASlowPipe(t *testing.T) {
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		_, _, err := bsExec(t, pr, "bootstrap", "--state-dir", dir, "--log-level", "error", "-")
+		_, _, err := runCLI(t, pr, "bootstrap", "--state-dir", dir, "--log-level", "error", "-")
 		done <- err
 	}()
 	fmt.Fprintf(pw, "uuid\tfirst_seen\n%s\t1000\n", bsUsers[0].uuid)

@@ -58,11 +58,10 @@ with a per-day table read back from where the rows went.`,
 			if o.users <= 0 || o.days <= 0 || o.partitions <= 0 {
 				return usageError{fmt.Errorf("--users, --days and --partitions must be above 0")}
 			}
-			log, err := f.logger()
+			log, ctx, stop, err := f.logAndSignals()
 			if err != nil {
 				return err
 			}
-			ctx, stop := signalContext(log)
 			defer stop()
 			return runDemo(ctx, cmd.OutOrStdout(), &f, op, o, log)
 		},

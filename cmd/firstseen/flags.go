@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -138,6 +140,33 @@ func (f *pipelineFlags) operatorConfig() (operators.Config, error) {
 		Tolerance: f.tolerance, MaxFuture: f.maxFuture, IdleTimeout: f.idleTimeout,
 		Calendar: operators.NewCalendar(loc), UUIDField: f.uuidField, TimeField: f.timeField,
 	}, nil
+}
+
+// checkKafka checks the Kafka flags of a command that needs the topic:
+// --topic is required (topicIs, in the error, says what it holds) and
+// --brokers is parsed into f.brokers.
+func (f *pipelineFlags) checkKafka(topicIs string) error {
+	if f.topic == "" {
+		return usageError{errors.New("--topic is required: " + topicIs)}
+	}
+	return f.checkBrokers()
+}
+
+// checkBrokers parses --brokers into f.brokers and checks its addresses.
+func (f *pipelineFlags) checkBrokers() error {
+	f.brokers = splitList(f.brokersList)
+	return checkHostPorts("brokers", f.brokers)
+}
+
+// logAndSignals returns the logger of --log-level and --log-format, and a
+// context that the first SIGTERM or SIGINT cancels (see signalContext);
+// stop ends the signal handling.
+func (f *pipelineFlags) logAndSignals() (log *slog.Logger, ctx context.Context, stop func(), err error) {
+	if log, err = f.logger(); err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, stop = signalContext(log)
+	return log, ctx, stop, nil
 }
 
 func checkHostPorts(flag string, addrs []string) error {

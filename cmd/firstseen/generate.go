@@ -195,9 +195,8 @@ func runGenerate(cmd *cobra.Command, f *pipelineFlags, o generateOptions, onCmdL
 	if o.output != "" && o.output == o.oracle {
 		return usageError{fmt.Errorf("--output and --oracle must differ, both are %q", o.output)}
 	}
-	f.brokers = splitList(f.brokersList)
 	if o.output == "" {
-		if err := checkHostPorts("brokers", f.brokers); err != nil {
+		if err := f.checkBrokers(); err != nil {
 			return err
 		}
 	}

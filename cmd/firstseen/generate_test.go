@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/firstseen/firstseen/engine/workload"
@@ -182,7 +181,7 @@ func checkAgainstOracle(t *testing.T, got map[int32][]*kgo.Record, recs []worklo
 }
 
 func TestGenerateToTopic(t *testing.T) {
-	c := fakeKafka(t, "", 0) // generate creates the topic
+	c := fakeKafka(t, 0) // generate creates the topic
 	path := filepath.Join(t.TempDir(), "o.jsonl")
 	out, _, err := runCLI(t, nil, append(genFlags, "--brokers", c.ListenAddrs()[0], "--topic", "acts", "--oracle", path)...)
 	if err != nil {
@@ -209,7 +208,7 @@ func TestGenerateToTopic(t *testing.T) {
 // An existing topic keeps its partition count; keyed records go where
 // Kafka's default partitioner puts them in it.
 func TestGenerateToTopicWithOtherPartitionCount(t *testing.T) {
-	c := fakeKafka(t, "acts", 5)
+	c := fakeKafka(t, 5, "acts")
 	path := filepath.Join(t.TempDir(), "o.jsonl")
 	out, _, err := runCLI(t, nil, append(genFlags, "--brokers", c.ListenAddrs()[0], "--topic", "acts", "--oracle", path)...)
 	if err != nil {
@@ -240,11 +239,7 @@ func TestGenerateToTopicWithOtherPartitionCount(t *testing.T) {
 // generate --output F, then produce F, is generate --topic: the same
 // records at the same partitions and offsets, the ones the oracle names.
 func TestGenerateOutputThenProduceIsGenerateToTopic(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "viafile", "direct"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := fakeKafka(t, 3, "viafile", "direct")
 	b := c.ListenAddrs()[0]
 	dir := t.TempDir()
 	wfile, ofile := filepath.Join(dir, "w.jsonl"), filepath.Join(dir, "o.jsonl")

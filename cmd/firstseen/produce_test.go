@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"compress/gzip"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,87 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/firstseen/firstseen/engine/workload"
 	"github.com/firstseen/firstseen/operators"
 )
-
-// fakeKafka starts an in-process Kafka-protocol broker with topic (if
-// not "") of partitions partitions.
-func fakeKafka(t testing.TB, topic string, partitions int) *kfake.Cluster {
-	t.Helper()
-	opts := []kfake.Opt{kfake.NumBrokers(1)}
-	if topic != "" {
-		opts = append(opts, kfake.SeedTopics(int32(partitions), topic))
-	}
-	c, err := kfake.NewCluster(opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	return c
-}
-
-// runCLI runs the command line with stdin, and returns standard output and
-// standard error apart.
-func runCLI(t testing.TB, stdin io.Reader, args ...string) (stdout, stderr string, err error) {
-	t.Helper()
-	root := newRoot()
-	var out, errOut bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&errOut)
-	if stdin != nil {
-		root.SetIn(stdin)
-	}
-	root.SetArgs(args)
-	err = root.Execute()
-	return out.String(), errOut.String(), err
-}
-
-// consumeTopic reads want records from topic, by partition in offset
-// order, and checks that there are no more.
-func consumeTopic(t testing.TB, c *kfake.Cluster, topic string, want int) map[int32][]*kgo.Record {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	got := map[int32][]*kgo.Record{}
-	n := 0
-	deadline := time.Now().Add(30 * time.Second)
-	for n < want && time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		fs := cl.PollFetches(ctx)
-		cancel()
-		fs.EachError(func(_ string, _ int32, err error) {
-			if !errors.Is(err, context.DeadlineExceeded) {
-				t.Fatal(err)
-			}
-		})
-		fs.EachRecord(func(r *kgo.Record) {
-			got[r.Partition] = append(got[r.Partition], r)
-			n++
-		})
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-	cl.PollFetches(ctx).EachRecord(func(*kgo.Record) { n++ })
-	cancel()
-	if n != want {
-		t.Fatalf("topic %s holds %d records, want %d", topic, n, want)
-	}
-	for p, rs := range got {
-		for i, r := range rs {
-			if r.Offset != int64(i) {
-				t.Fatalf("partition %d: record %d has offset %d", p, i, r.Offset)
-			}
-		}
-	}
-	return got
-}
 
 // spellings of a uuid that all denote the same user.
 func spellings(u operators.UUID) [3]string {
@@ -180,7 +102,7 @@ func jsonlInput() (values, keys []string) {
 
 func TestProduceJSONLKeysByCanonicalUUID(t *testing.T) {
 	const parts = 4
-	c := fakeKafka(t, "logs", parts)
+	c := fakeKafka(t, parts, "logs")
 	values, keys := jsonlInput()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "dump.jsonl")
@@ -208,7 +130,7 @@ func TestProduceJSONLKeysByCanonicalUUID(t *testing.T) {
 }
 
 func TestProduceUnkeyedNotJSON(t *testing.T) {
-	c := fakeKafka(t, "logs", 3)
+	c := fakeKafka(t, 3, "logs")
 	in := "not json at all\n[1,2]\n{\"uuid\":\"3F1C2B9E-8A47-42B1-A2B3-C4D5E6F70819\",\"event_time\":5}\n{\"uuid\":\"3f1c2b9e-8a47-42b1-a2b3-c4d5e6f70819\"\n"
 	if _, _, err := runCLI(t, nil, "produce", "--brokers", c.ListenAddrs()[0], "--topic", "logs", "--format", "jsonl", "--log-level", "error",
 		writeTemp(t, "dump.txt", []byte(in))); err != nil {
@@ -229,26 +151,6 @@ func TestProduceUnkeyedNotJSON(t *testing.T) {
 	if keyed != 1 {
 		t.Errorf("%d keyed records, want 1 (truncated JSON is not keyed)", keyed)
 	}
-}
-
-func writeTemp(t testing.TB, name string, b []byte) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(p, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-func gzipped(t testing.TB, b []byte) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	zw.Write(b)
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
 }
 
 // csvInput is a CSV dump with its expected values and keys. Each row has an
@@ -291,7 +193,7 @@ func csvInput() (text string, values, keys []string) {
 
 func TestProduceCSV(t *testing.T) {
 	const parts = 3
-	c := fakeKafka(t, "logs", parts)
+	c := fakeKafka(t, parts, "logs")
 	text, values, keys := csvInput()
 	for _, v := range values {
 		if !json.Valid([]byte(v)) {
@@ -320,7 +222,7 @@ func TestProduceCSVValuesAreJSON(t *testing.T) {
 		}
 	}
 	for _, s := range []string{"", "plain", `q"uote`, `back\slash`, "tab\tnl\ncr\r", "\x00\x1f\x7f", "é東🚀", "bad\xffutf8\xc3", "\u2028"} {
-		b := appendJSONString(nil, s)
+		b := workload.AppendJSONString(nil, s)
 		var back string
 		if err := json.Unmarshal(b, &back); err != nil {
 			t.Fatalf("%q -> %s: %v", s, b, err)
@@ -356,7 +258,7 @@ func TestProduceGzipAndStdin(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := fakeKafka(t, "logs", parts)
+			c := fakeKafka(t, parts, "logs")
 			args := append([]string{"produce", "--brokers", c.ListenAddrs()[0], "--topic", "logs", "--log-level", "error"}, tc.args...)
 			var stdin io.Reader
 			if tc.file == "" {
@@ -377,7 +279,7 @@ func TestProduceGzipAndStdin(t *testing.T) {
 }
 
 func TestProduceRefusals(t *testing.T) {
-	c := fakeKafka(t, "logs", 2)
+	c := fakeKafka(t, 2, "logs")
 	b := c.ListenAddrs()[0]
 	good := writeTemp(t, "a.jsonl", []byte(`{"uuid":"3f1c2b9e-8a47-42b1-a2b3-c4d5e6f70819"}`+"\n"))
 	usage := []struct {
@@ -463,7 +365,7 @@ func BenchmarkProduce(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			for b.Loop() {
 				b.StopTimer()
-				c := fakeKafka(b, "logs", 8)
+				c := fakeKafka(b, 8, "logs")
 				b.StartTimer()
 				start := time.Now()
 				out, _, err := runCLI(b, nil, "produce", "--brokers", c.ListenAddrs()[0], "--topic", "logs", "--log-level", "error", filepath.Join(dir, "in."+name))

@@ -50,11 +50,7 @@ safe: the next start replays from the last checkpoint.`,
 		Args:    noArgs,
 		PreRunE: preRun,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f.brokers = splitList(f.brokersList)
-			if f.topic == "" {
-				return usageError{fmt.Errorf("--topic is required: the Kafka topic holding the activity logs")}
-			}
-			if err := checkHostPorts("brokers", f.brokers); err != nil {
+			if err := f.checkKafka("the Kafka topic holding the activity logs"); err != nil {
 				return err
 			}
 			if f.dlqTopic == f.topic {
@@ -70,11 +66,10 @@ safe: the next start replays from the last checkpoint.`,
 			if err != nil {
 				return err
 			}
-			log, err := f.logger()
+			log, ctx, stop, err := f.logAndSignals()
 			if err != nil {
 				return err
 			}
-			ctx, stop := signalContext(log)
 			defer stop()
 
 			cfg := f.engineConfig(op, log)

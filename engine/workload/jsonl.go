@@ -33,7 +33,7 @@ func WriteJSONL(w io.Writer, recs []Record) error {
 		case rec.Key == nil:
 			line = append(line, "null"...)
 		case utf8.Valid(rec.Key):
-			line = appendJSONString(line, rec.Key)
+			line = AppendJSONString(line, rec.Key)
 		default:
 			line = append(line, `null,"key_b64":"`...)
 			line = base64.StdEncoding.AppendEncode(line, rec.Key)
@@ -50,7 +50,7 @@ func WriteJSONL(w io.Writer, recs []Record) error {
 			line = append(line, `,"value":null`...)
 		case utf8.Valid(rec.Value):
 			line = append(line, `,"value":`...)
-			line = appendJSONString(line, rec.Value)
+			line = AppendJSONString(line, rec.Value)
 		default:
 			line = append(line, `,"value_b64":"`...)
 			line = base64.StdEncoding.AppendEncode(line, rec.Value)
@@ -64,13 +64,30 @@ func WriteJSONL(w io.Writer, recs []Record) error {
 	return bw.Flush()
 }
 
-// appendJSONString appends s, valid UTF-8, as a JSON string literal. Only
-// the characters JSON requires are escaped.
-func appendJSONString(dst, s []byte) []byte {
+// AppendJSONString appends s as a JSON string literal. Only the characters
+// JSON requires are escaped; invalid UTF-8 is replaced by U+FFFD, as
+// encoding/json does.
+func AppendJSONString[S ~string | ~[]byte](dst []byte, s S) []byte {
 	dst = append(dst, '"')
 	start := 0
-	for i, c := range s {
-		if c >= 0x20 && c != '"' && c != '\\' {
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x20 && c != '"' && c != '\\' && c < utf8.RuneSelf {
+			i++
+			continue
+		}
+		if c >= utf8.RuneSelf {
+			// At most UTFMax bytes: converting them from a []byte does
+			// not allocate.
+			r, size := utf8.DecodeRuneInString(string(s[i:min(i+utf8.UTFMax, len(s))]))
+			if r != utf8.RuneError || size != 1 {
+				i += size
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i++
+			start = i
 			continue
 		}
 		dst = append(dst, s[start:i]...)
@@ -86,7 +103,8 @@ func appendJSONString(dst, s []byte) []byte {
 		default:
 			dst = append(dst, '\\', 'u', '0', '0', hexLower[c>>4], hexLower[c&15])
 		}
-		start = i + 1
+		i++
+		start = i
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
