@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -128,12 +129,22 @@ func (d *DB) Close() error {
 // Dir is the database's directory.
 func (d *DB) Dir() string { return d.dir }
 
-// DiskBytes is the size of the live SST files (snapshots, being hard links
-// to them, are not counted).
+// DiskBytes is the state's size on disk: its SST files and write-ahead
+// logs (recently committed state not yet flushed to an SST). Snapshots,
+// being hard links to the SSTs, are not counted.
 func (d *DB) DiskBytes() int64 {
+	entries, err := os.ReadDir(d.dir)
+	if err != nil {
+		return 0
+	}
 	var n int64
-	for _, l := range d.db.Metrics().Levels {
-		n += int64(l.TablesSize)
+	for _, e := range entries {
+		if ext := filepath.Ext(e.Name()); ext != ".sst" && ext != ".log" {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
 	}
 	return n
 }

@@ -175,7 +175,7 @@ func printStats(out io.Writer, db *state.DB, snap bool) error {
 	if users > 0 {
 		perUser = float64(bytes) / float64(users)
 	}
-	fmt.Fprintf(out, "users            %d\nbytes on disk    %d (SST files)\nbytes per user   %.1f\n", users, bytes, perUser)
+	fmt.Fprintf(out, "users            %d\nbytes on disk    %d (SST files and live write-ahead log)\nbytes per user   %.1f\n", users, bytes, perUser)
 	if snap {
 		fmt.Fprintln(out, "source           the newest snapshot (a processor holds the state)")
 	}
