@@ -129,7 +129,7 @@ func (p *pipeline) checkpoint(ctx context.Context, retry bool) error {
 		"took", time.Since(began))
 	if p.cfg.SnapshotInterval > 0 && time.Since(p.snapshotAt) >= p.cfg.SnapshotInterval {
 		p.snapshotAt = time.Now()
-		if err := p.db.PublishSnapshot(epoch); err != nil {
+		if err := p.db.PublishSnapshot(); err != nil {
 			p.log.Warn("publishing a state snapshot for `firstseen state` failed", "err", err)
 		}
 	}

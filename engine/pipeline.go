@@ -243,6 +243,14 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		p.log.Warn("the last run stopped while writing a checkpoint: replaying its input to finish it without duplicates",
 			"epoch", intent.Epoch)
 	}
+	if cfg.SnapshotInterval > 0 {
+		// Readers see what this run starts from (a bootstrap since the last
+		// run, say) rather than a snapshot from before; the first checkpoint
+		// publishes again, then every SnapshotInterval.
+		if err := db.PublishSnapshot(); err != nil {
+			p.log.Warn("publishing a state snapshot for `firstseen state` failed", "err", err)
+		}
+	}
 
 	opts := append([]kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),

@@ -23,7 +23,7 @@ func TestSnapshotsForReadersWhileHeld(t *testing.T) {
 		if err := db.Commit(Header{Epoch: epoch, Topic: "t"}, b); err != nil {
 			t.Fatal(err)
 		}
-		if err := db.PublishSnapshot(epoch); err != nil {
+		if err := db.PublishSnapshot(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -41,15 +41,14 @@ func TestSnapshotsForReadersWhileHeld(t *testing.T) {
 	write(2, 400)
 	write(3, 300)
 	write(4, 200)
-	if _, err := os.Stat(filepath.Join(dir, snapshotsDir, "1")); err != nil {
-		t.Fatal("a snapshot in use was removed")
+	if names, _ := snapshotNames(filepath.Join(dir, snapshotsDir)); len(names) != 3 {
+		t.Fatalf("snapshots %v: the one in use must survive beside the newest two", names)
 	}
 	rd.Close()
 	r.Close()
 	write(5, 100)
-	epochs, _ := snapshotEpochs(filepath.Join(dir, snapshotsDir))
-	if len(epochs) != 2 || epochs[1] != 5 {
-		t.Fatalf("snapshots kept: %v, want the newest two", epochs)
+	if names, _ := snapshotNames(filepath.Join(dir, snapshotsDir)); len(names) != 2 {
+		t.Fatalf("snapshots kept: %v, want the newest two", names)
 	}
 	r, snap, err = OpenForReading(dir)
 	if err != nil || !snap {
@@ -67,16 +66,39 @@ func TestSnapshotsForReadersWhileHeld(t *testing.T) {
 	}
 }
 
-func TestOpenForReadingWithoutProcessor(t *testing.T) {
+// TestReaderDoesNotLockTheState: a reader of a free state works from a
+// private copy, so a processor or bootstrap can take the state meanwhile.
+func TestReaderDoesNotLockTheState(t *testing.T) {
 	dir := t.TempDir()
 	db, err := Open(dir, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	u := operators.UUID{7}
+	b := db.NewBatch()
+	b.SetUser(&u, 42)
+	if err := db.Commit(Header{Epoch: 1}, b); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
 	db.Close()
 	r, snap, err := OpenForReading(dir)
 	if err != nil || snap {
 		t.Fatalf("%v %v", err, snap)
 	}
+	w, err := Open(dir, Options{}) // a processor starting while the reader reads
+	if err != nil {
+		t.Fatalf("the reader keeps the state locked: %v", err)
+	}
+	w.Close()
+	rd, _ := r.NewReader()
+	if v, ok := rd.Get(&u); !ok || v != 42 {
+		t.Fatalf("read copy has %d %v", v, ok)
+	}
+	rd.Close()
+	copyDir := r.removeOnClose
 	r.Close()
+	if _, err := os.Stat(copyDir); !os.IsNotExist(err) {
+		t.Fatalf("the read copy %s was not removed", copyDir)
+	}
 }

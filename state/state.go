@@ -72,6 +72,8 @@ type DB struct {
 	db    *pebble.DB
 	cache *pebble.Cache
 	dir   string
+	// removeOnClose is a private read copy (see OpenForReading).
+	removeOnClose string
 }
 
 // Open opens or creates the state database in dir.
@@ -123,6 +125,9 @@ func (d *DB) Close() error {
 	err := d.db.Close()
 	d.db = nil
 	d.cache.Unref()
+	if d.removeOnClose != "" {
+		os.RemoveAll(d.removeOnClose)
+	}
 	return err
 }
 
