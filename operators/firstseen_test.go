@@ -475,3 +475,27 @@ func BenchmarkProcess(b *testing.B) {
 		op.Process(&Record{Value: vals[i%1024], Offset: int64(i)})
 	}
 }
+
+// BenchmarkHoldback measures records of new users just after midnight: each
+// is held, then released when the watermark passes the midnight.
+func BenchmarkHoldback(b *testing.B) {
+	st := memStore{}
+	op := New(Config{}, 0, st, &discard{})
+	mid := base + day
+	vals := make([][]byte, 4096)
+	for i := range vals {
+		vals[i] = value(ev{i, mid + int64(i)*100})
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if i%len(vals) == 0 {
+			clear(st)
+			op.Restore(Progress{MaxEventTime: mid - minute, Watermark: mid - 11*minute}, nil)
+		}
+		op.Process(&Record{Value: vals[i%len(vals)], Offset: int64(i)})
+		if i%len(vals) == len(vals)-1 {
+			op.AdvanceWatermark(mid + day)
+		}
+	}
+}
