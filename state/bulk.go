@@ -28,9 +28,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
@@ -780,21 +778,4 @@ func (d *DB) EachUser(fn func(u operators.UUID, firstSeen int64) error) error {
 
 // IsLocked tells whether err, from Open, means that the state directory is
 // in use: opened by another process, or by another handle in this one.
-func IsLocked(err error) bool {
-	if err == nil {
-		return false
-	}
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return false // the lock file could not be created: not a lock conflict
-	}
-	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EWOULDBLOCK) {
-		return true // fcntl refused: another process holds the lock
-	}
-	// Open's own wording when it recognised the lock, and Pebble's
-	// in-process lock registry, which has no sentinel error.
-	msg := err.Error()
-	return strings.Contains(msg, "in use by another process") ||
-		strings.Contains(msg, "is another firstseen process using it?") ||
-		strings.Contains(msg, "lock held by current process")
-}
+func IsLocked(err error) bool { return errors.Is(err, ErrInUse) }

@@ -155,11 +155,20 @@ func (d *DB) DiskBytes() int64 {
 }
 
 // isLockError tells Pebble's "directory locked" error, which has no
-// sentinel, from other open failures: another process's lock is EAGAIN from
-// flock, this process's own is reported by Pebble in words.
+// sentinel, from other open failures. Another process's lock is refused by
+// fcntl (EAGAIN, EWOULDBLOCK or EACCES); a lock file that cannot be created
+// at all (a *os.PathError) is a different problem. This process's own lock
+// is reported by Pebble in words.
 func isLockError(err error) bool {
-	return errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) ||
-		strings.Contains(err.Error(), "lock held") || strings.Contains(err.Error(), "already locked")
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return false
+	}
+	if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK) || errors.Is(err, syscall.EACCES) {
+		return true
+	}
+	msg := err.Error()
+	return strings.Contains(msg, "lock held") || strings.Contains(msg, "already locked")
 }
 
 // Header is the global part of a checkpoint.
