@@ -43,6 +43,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/firstseen/firstseen/operators"
 )
 
 // Config describes a workload. The zero value of a field means its default
@@ -371,7 +373,7 @@ func (g *gen) makeUsers() {
 		id[6] = id[6]&0x0f | 0x40 // version 4
 		id[8] = id[8]&0x3f | 0x80 // RFC 4122 variant
 		key := g.keys[36*u : 36*u+36]
-		appendCanonical(key[:0], id)
+		(*operators.UUID)(id).AppendCanonical(key[:0])
 		g.parts[u] = Partition(key, g.cfg.Partitions)
 	}
 }
@@ -383,16 +385,6 @@ func (g *gen) key(u int32) []byte {
 }
 
 const hexLower = "0123456789abcdef"
-
-func appendCanonical(dst []byte, id *[16]byte) []byte {
-	for i, b := range id {
-		if i == 4 || i == 6 || i == 8 || i == 10 {
-			dst = append(dst, '-')
-		}
-		dst = append(dst, hexLower[b>>4], hexLower[b&15])
-	}
-	return dst
-}
 
 // counts draws the number of valid records of every user: the mean is
 // RecordsPerUser, shared out in proportion to the users' Zipf weights.
