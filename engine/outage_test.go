@@ -14,6 +14,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/firstseen/firstseen/engine"
+	"github.com/firstseen/firstseen/engine/enginetest"
 	"github.com/firstseen/firstseen/operators"
 	"github.com/firstseen/firstseen/sinks"
 )
@@ -156,5 +157,31 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("timed out")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestTimezoneIsBoundToTheState: a state decided days in one zone; a run in
+// another zone is refused with a message that says what to do.
+func TestTimezoneIsBoundToTheState(t *testing.T) {
+	c := enginetest.StartBroker(t, topic, 1)
+	dir := t.TempDir()
+	run := func(zone string) error {
+		loc, err := time.LoadLocation(zone)
+		if err != nil {
+			t.Skip(err)
+		}
+		_, err = engine.Run(context.Background(), engine.Config{Brokers: c.ListenAddrs(), Topic: topic, StateDir: dir,
+			Sink: &memSink{}, UntilCaughtUp: true, Operator: operators.Config{Calendar: operators.NewCalendar(loc)}})
+		return err
+	}
+	if err := run("Asia/Shanghai"); err != nil {
+		t.Fatal(err)
+	}
+	if err := run("Asia/Shanghai"); err != nil {
+		t.Fatalf("same zone again: %v", err)
+	}
+	err := run("UTC")
+	if err == nil || !strings.Contains(err.Error(), "was built with --timezone Asia/Shanghai; it cannot change to UTC") {
+		t.Fatalf("got %v, want the time-zone refusal", err)
 	}
 }

@@ -25,8 +25,7 @@ type Config struct {
 	StateDir string
 	State    state.Options
 
-	Operator operators.Config
-	Timezone string // recorded in checkpoints; the calendar itself is Operator.Calendar
+	Operator operators.Config // its Calendar's zone is recorded in checkpoints
 
 	CheckpointInterval time.Duration // default 5s
 	// MaxEpochRows makes a partition stop reading and ask for a checkpoint
@@ -93,9 +92,6 @@ func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	if c.Timezone == "" {
-		c.Timezone = c.Operator.Calendar.Location().String()
-	}
 }
 
 // TestingKnobs are hooks that let tests put a run in states that are
@@ -157,6 +153,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	p.db = db
 	defer db.Close()
 
+	timezone := cfg.Operator.Calendar.Location().String()
 	cp, resumed, err := db.LoadCheckpoint()
 	if err != nil {
 		return Stats{}, fmt.Errorf("read checkpoint in %s: %w", cfg.StateDir, err)
@@ -165,16 +162,16 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 		if cp.Topic != cfg.Topic {
 			return Stats{}, fmt.Errorf("state dir %s holds the state of topic %q, not %q: use another --state-dir", cfg.StateDir, cp.Topic, cfg.Topic)
 		}
-		if cp.Timezone != cfg.Timezone {
+		if cp.Timezone != timezone {
 			return Stats{}, fmt.Errorf("state dir %s was built with --timezone %s; it cannot change to %s, because held records "+
-				"and days already decided would disagree: keep %s, or start a new --state-dir", cfg.StateDir, cp.Timezone, cfg.Timezone, cp.Timezone)
+				"and days already decided would disagree: keep %s, or start a new --state-dir", cfg.StateDir, cp.Timezone, timezone, cp.Timezone)
 		}
 		if cp.Tolerance != cfg.Operator.Tolerance {
 			p.log.Warn("the tolerance changed since the last checkpoint; it applies to records from now on",
 				"was", cp.Tolerance, "now", cfg.Operator.Tolerance)
 		}
 	}
-	p.header = state.Header{Epoch: cp.Epoch, Topic: cfg.Topic, Group: cfg.Group, Tolerance: cfg.Operator.Tolerance, Timezone: cfg.Timezone}
+	p.header = state.Header{Epoch: cp.Epoch, Topic: cfg.Topic, Group: cfg.Group, Tolerance: cfg.Operator.Tolerance, Timezone: timezone}
 	intent, recovering, err := db.LoadIntent()
 	if err != nil {
 		return Stats{}, fmt.Errorf("read the intent in %s: %w", cfg.StateDir, err)

@@ -215,7 +215,7 @@ func (f *pipelineFlags) logger() (*slog.Logger, error) {
 func (f *pipelineFlags) engineConfig(op operators.Config, log *slog.Logger) engine.Config {
 	return engine.Config{
 		Brokers: f.brokers, Topic: f.topic, Group: f.group, DLQTopic: f.dlqTopic, StateDir: f.stateDir,
-		Operator: op, Timezone: f.timezone, CheckpointInterval: f.checkpointInterval,
+		Operator: op, CheckpointInterval: f.checkpointInterval,
 		ShutdownTimeout: f.shutdownTimeout, Logger: log,
 	}
 }
