@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -72,6 +73,7 @@ type pipelineFlags struct {
 	timeField          string
 	logLevel           string
 	logFormat          string
+	cpuProfile         string
 }
 
 // addKafka registers the Kafka flags. Every command that touches the topic
@@ -109,6 +111,7 @@ func (f *pipelineFlags) addClickHouse(fs *pflag.FlagSet, table string) {
 func (f *pipelineFlags) addLogging(fs *pflag.FlagSet) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, json otherwise)")
+	fs.StringVar(&f.cpuProfile, "cpu-profile", "", "write a CPU profile of the whole run to this file (read it with 'go tool pprof')")
 }
 
 // validate checks the event-time flags and returns the operator config.
@@ -161,12 +164,30 @@ func (f *pipelineFlags) checkBrokers() error {
 // logAndSignals returns the logger of --log-level and --log-format, and a
 // context that the first SIGTERM or SIGINT cancels (see signalContext);
 // stop ends the signal handling.
+// With --cpu-profile, profiling starts here and stop ends it.
 func (f *pipelineFlags) logAndSignals() (log *slog.Logger, ctx context.Context, stop func(), err error) {
 	if log, err = f.logger(); err != nil {
 		return nil, nil, nil, err
 	}
-	ctx, stop = signalContext(log)
-	return log, ctx, stop, nil
+	endProfile := func() {}
+	if f.cpuProfile != "" {
+		pf, err := os.Create(f.cpuProfile)
+		if err != nil {
+			return nil, nil, nil, usageError{fmt.Errorf("--cpu-profile: %w", err)}
+		}
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			pf.Close()
+			return nil, nil, nil, fmt.Errorf("--cpu-profile: %w", err)
+		}
+		endProfile = func() {
+			pprof.StopCPUProfile()
+			if err := pf.Close(); err != nil {
+				log.Warn("writing the CPU profile failed", "file", f.cpuProfile, "err", err)
+			}
+		}
+	}
+	ctx, stopSignals := signalContext(log)
+	return log, ctx, func() { stopSignals(); endProfile() }, nil
 }
 
 func checkHostPorts(flag string, addrs []string) error {
