@@ -97,6 +97,7 @@ Exit status: 0 loaded, 1 refused or failed (nothing applied), 2 bad flags.`,
 	f.addState(fs)
 	f.addClickHouse(fs, "enriched_logs")
 	f.addLogging(fs)
+	f.addProfiling(fs)
 	f.addKafka(fs)
 	f.addEvent(fs)
 	// run's own flags, accepted too so that a script can pass run's whole

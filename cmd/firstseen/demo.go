@@ -81,6 +81,7 @@ with a per-day table read back from where the rows went.`,
 	fs.Lookup("checkpoint-interval").DefValue = "1s"
 	f.checkpointInterval = time.Second
 	f.addLogging(fs)
+	f.addProfiling(fs)
 	fs.Lookup("log-level").DefValue = "warn"
 	f.logLevel = "warn"
 	return cmd

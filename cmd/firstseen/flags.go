@@ -111,7 +111,12 @@ func (f *pipelineFlags) addClickHouse(fs *pflag.FlagSet, table string) {
 func (f *pipelineFlags) addLogging(fs *pflag.FlagSet) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, json otherwise)")
-	fs.StringVar(&f.cpuProfile, "cpu-profile", "", "write a CPU profile of the whole run to this file (read it with 'go tool pprof')")
+}
+
+// addProfiling registers --cpu-profile, for the commands whose work
+// logAndSignals brackets.
+func (f *pipelineFlags) addProfiling(fs *pflag.FlagSet) {
+	fs.StringVar(&f.cpuProfile, "cpu-profile", "", "write a CPU profile of the whole command to this file (read it with 'go tool pprof')")
 }
 
 // validate checks the event-time flags and returns the operator config.

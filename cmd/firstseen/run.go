@@ -121,6 +121,7 @@ safe: the next start replays from the last checkpoint.`,
 	fs.StringVar(&sinkKind, "sink", "clickhouse", "where rows go: clickhouse, or file (JSON Lines at --sink-path)")
 	fs.StringVar(&sinkPath, "sink-path", "", "with --sink file: the JSON Lines file rows are appended to")
 	f.addLogging(fs)
+	f.addProfiling(fs)
 	return cmd
 }
 
