@@ -2,7 +2,7 @@
 # and `make test`; CI (.ci/run) calls `make test` too.
 GO ?= go
 
-.PHONY: test build demo lint
+.PHONY: test build demo lint bench microbench
 
 # test installs and starts Debian's clickhouse-server when it is missing,
 # then runs every test with the race detector. Tests that need ClickHouse
@@ -23,3 +23,18 @@ demo:
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: the files above need formatting'; exit 1; }
 	$(GO) vet ./...
+
+# bench measures firstseen end to end beside the Redis hash design it
+# replaces, with a broker process, ClickHouse and redis-server (installed
+# when missing), and writes results and charts to bench-out/ (see
+# docs/performance.md). Flags go in BENCH_ARGS, e.g. BENCH_ARGS='--runs 1'.
+bench: build
+	.ci/clickhouse ensure
+	.ci/redis ensure
+	$(GO) build -o bin/firstseen-bench ./cmd/firstseen-bench
+	bin/firstseen-bench --firstseen bin/firstseen $(BENCH_ARGS)
+
+# microbench runs the Go benchmarks of the hot parts (decoding, uuids, key
+# groups, state lookups, holdback, sink encoding) with allocation counts.
+microbench:
+	$(GO) test -run '^$$' -bench . -benchmem -count 6 ./operators/ ./state/ ./engine/ ./sinks/...
