@@ -4,13 +4,15 @@ GO ?= go
 
 .PHONY: test build demo lint bench microbench
 
-# test installs and starts Debian's clickhouse-server when it is missing,
+# test installs and starts Debian's clickhouse-server when it is missing
+# (and installs redis-server, which the benchmark's smoke test starts),
 # then runs every test with the race detector. Tests that need ClickHouse
 # fail (not skip) here when it cannot be reached. The allocation tests run
 # again without -race, whose instrumentation (and Pebble's invariant checks)
 # allocate.
 test:
 	.ci/clickhouse ensure
+	.ci/redis ensure
 	FIRSTSEEN_REQUIRE_CLICKHOUSE=1 $(GO) test -race -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -run 'Allocate' ./...
 

@@ -149,7 +149,7 @@ func (b *bench) runLatency(ctx context.Context, run int, rate float64) (latencyR
 	if err := createTopic(ctx, b.brokers, topic, b.o.partitions); err != nil {
 		return res, fmt.Errorf("create %s: %w", topic, err)
 	}
-	sink, err := openTable(ctx, b.o.chAddr, "bench_latency")
+	sink, err := b.openTable(ctx, "bench_latency")
 	if err != nil {
 		return res, err
 	}

@@ -52,6 +52,7 @@ type options struct {
 	partitions         int
 	seed               int64
 	chAddr             string
+	chDatabase         string
 	redisServer        string
 	checkpointInterval time.Duration
 	latencyInterval    time.Duration
@@ -115,6 +116,7 @@ results.md, throughput.png and latency.png in --out.`,
 	fs.IntVar(&o.partitions, "partitions", 4, "partitions of the topics")
 	fs.Int64Var(&o.seed, "seed", 1, "workload seed")
 	fs.StringVar(&o.chAddr, "clickhouse-addr", "localhost:9000", "ClickHouse native-protocol address")
+	fs.StringVar(&o.chDatabase, "clickhouse-database", "firstseen_bench", "ClickHouse database of the benchmark's tables (created; its bench_* tables are emptied)")
 	fs.StringVar(&o.redisServer, "redis-server", "redis-server", "the redis-server binary (Debian package redis-server)")
 	fs.DurationVar(&o.checkpointInterval, "checkpoint-interval", 5*time.Second, "firstseen's --checkpoint-interval, and how often the Redis design writes to ClickHouse")
 	fs.DurationVar(&o.latencyInterval, "latency-checkpoint-interval", time.Second, "firstseen's --checkpoint-interval in the latency phase: rows become visible at checkpoints, so it bounds latency")
@@ -280,7 +282,7 @@ func (b *bench) startServices(ctx context.Context) (stop func(), err error) {
 // state in dir, logging JSON at debug level (the checkpoint lines).
 func (b *bench) runArgs(topic, table, dir string, interval time.Duration) []string {
 	return []string{"run", "--brokers", b.brokers[0], "--topic", topic, "--group", filepath.Base(dir),
-		"--state-dir", dir, "--clickhouse-addr", b.o.chAddr, "--clickhouse-table", table,
+		"--state-dir", dir, "--clickhouse-addr", b.o.chAddr, "--clickhouse-database", b.o.chDatabase, "--clickhouse-table", table,
 		"--checkpoint-interval", interval.String(), "--log-format", "json", "--log-level", "debug"}
 }
 
@@ -343,7 +345,7 @@ func (b *bench) run(ctx context.Context, run int) (runResult, error) {
 	r := runResult{Run: run}
 	fmt.Fprintf(b.out, "run %d\n", run)
 	if b.o.has("firstseen") {
-		sink, err := openTable(ctx, b.o.chAddr, "bench_firstseen")
+		sink, err := b.openTable(ctx, "bench_firstseen")
 		if err != nil {
 			return r, err
 		}

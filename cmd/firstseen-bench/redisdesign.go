@@ -26,7 +26,8 @@ const redisHash = "first_active"
 type redisDesignOptions struct {
 	brokers, topic       string
 	redisAddr            string
-	chAddr, chTable      string
+	chAddr, chDatabase   string
+	chTable              string
 	flushInterval        time.Duration
 	flushRows            int
 	uuidField, timeField string
@@ -58,7 +59,8 @@ func newRedisDesignCmd() *cobra.Command {
 	fs.StringVar(&o.topic, "topic", "", "topic to read from its start")
 	fs.StringVar(&o.redisAddr, "redis-addr", "", "redis-server host:port")
 	fs.StringVar(&o.chAddr, "clickhouse-addr", "localhost:9000", "ClickHouse native address")
-	fs.StringVar(&o.chTable, "clickhouse-table", "bench_redis", "ClickHouse table (database.table or table)")
+	fs.StringVar(&o.chDatabase, "clickhouse-database", "default", "ClickHouse database")
+	fs.StringVar(&o.chTable, "clickhouse-table", "bench_redis", "ClickHouse table")
 	fs.DurationVar(&o.flushInterval, "flush-interval", 5*time.Second, "write rows to ClickHouse at least this often")
 	fs.IntVar(&o.flushRows, "flush-rows", 800_000, "write rows to ClickHouse when this many are buffered")
 	fs.StringVar(&o.uuidField, "uuid-field", "uuid", "JSON member of the uuid")
@@ -89,7 +91,7 @@ func runRedisDesign(ctx context.Context, o redisDesignOptions) error {
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("redis at %s: %w", o.redisAddr, err)
 	}
-	sink, err := clickhouse.Open(ctx, clickhouse.Config{Addr: []string{o.chAddr}, Table: o.chTable})
+	sink, err := clickhouse.Open(ctx, clickhouse.Config{Addr: []string{o.chAddr}, Database: o.chDatabase, Table: o.chTable})
 	if err != nil {
 		return err
 	}
@@ -236,7 +238,7 @@ func (b *bench) runRedis(ctx context.Context, run int) (redisResult, error) {
 	if err != nil {
 		return res, err
 	}
-	sink, err := openTable(ctx, b.o.chAddr, "bench_redis")
+	sink, err := b.openTable(ctx, "bench_redis")
 	if err != nil {
 		return res, err
 	}
@@ -248,7 +250,7 @@ func (b *bench) runRedis(ctx context.Context, run int) (redisResult, error) {
 	log := filepath.Join(b.work, fmt.Sprintf("run%d-redis.log", run))
 	before := b.services()
 	c, err := startChild("redis design", log, nil, self, "redis-design", "--brokers", b.brokers[0], "--topic", b.topic,
-		"--redis-addr", b.redis, "--clickhouse-addr", b.o.chAddr, "--clickhouse-table", "bench_redis",
+		"--redis-addr", b.redis, "--clickhouse-addr", b.o.chAddr, "--clickhouse-database", b.o.chDatabase, "--clickhouse-table", "bench_redis",
 		"--flush-interval", b.o.checkpointInterval.String(), "--flush-rows", itoa(200_000*b.o.partitions))
 	if err != nil {
 		return res, err

@@ -92,7 +92,7 @@ func (b *bench) runScale(ctx context.Context, run int) (scaleResult, error) {
 		}
 		res.BootstrapSeconds = u.Wall.Seconds()
 	}
-	sink, err := openTable(ctx, b.o.chAddr, "bench_scale")
+	sink, err := b.openTable(ctx, "bench_scale")
 	if err != nil {
 		return res, err
 	}

@@ -126,10 +126,11 @@ func checkTable(ctx context.Context, s *clickhouse.Sink, exp expected) (check, e
 }
 
 // openTable connects to ClickHouse with the table created and emptied.
-func openTable(ctx context.Context, addr, table string) (*clickhouse.Sink, error) {
-	s, err := clickhouse.Open(ctx, clickhouse.Config{Addr: []string{addr}, Table: table, DialTimeout: 5 * time.Second})
+func (b *bench) openTable(ctx context.Context, table string) (*clickhouse.Sink, error) {
+	s, err := clickhouse.Open(ctx, clickhouse.Config{Addr: []string{b.o.chAddr}, Database: b.o.chDatabase, Table: table,
+		DialTimeout: 5 * time.Second})
 	if err != nil {
-		return nil, fmt.Errorf("ClickHouse at %s: %w (start it with .ci/clickhouse ensure)", addr, err)
+		return nil, fmt.Errorf("ClickHouse at %s: %w (start it with .ci/clickhouse ensure)", b.o.chAddr, err)
 	}
 	if err := s.Conn().Exec(ctx, "TRUNCATE TABLE "+s.Table()); err != nil {
 		s.Close()
