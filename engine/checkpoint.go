@@ -35,6 +35,7 @@ func (p *pipeline) checkpoint(ctx context.Context, retry bool) error {
 	}
 	sort.Slice(snaps, func(i, j int) bool { return snaps[i].partition < snaps[j].partition })
 	defer func() {
+		p.out.Reset() // lets go of the tasks' row buffers before they get them back
 		for _, s := range snaps {
 			s.batch.Close()
 			s.task.ctl <- control{committed: s.rows}
@@ -45,12 +46,13 @@ func (p *pipeline) checkpoint(ctx context.Context, retry bool) error {
 		}
 	}()
 
+	// The sink reads the tasks' row buffers in partition order, not a copy.
 	p.out.Reset()
 	p.out.Epoch, p.out.Retry = epoch, retry
 	var dead []*kgo.Record
 	batches := make([]*state.Batch, 0, len(snaps))
 	for _, s := range snaps {
-		p.out.AppendBatch(s.rows)
+		p.out.Join(s.rows)
 		dead = append(dead, s.dead...)
 		batches = append(batches, s.batch)
 	}

@@ -10,12 +10,14 @@
 // no ClickHouse is reachable).
 //
 // To add a sink: implement [Sink] in a new sub-package, make Write durable
-// before it returns, make a retried Write of the same batch safe, and wire a
-// constructor into cmd/firstseen.
+// before it returns, make a retried Write of the same batch safe, read the
+// batch with Len and Row or part by part (a batch may be a join of the
+// partitions' batches), and wire a constructor into cmd/firstseen.
 package sinks
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/firstseen/firstseen/operators"
 )
@@ -32,6 +34,11 @@ type Sink interface {
 
 // Batch is a column-oriented buffer of rows. Appending reuses the buffer's
 // memory after Reset, so a steady stream of rows does not allocate.
+//
+// A batch can also be a join of other batches (see [Batch.Join]): the engine
+// hands a sink the rows of every partition of an epoch that way, without
+// copying them into one buffer. A sink reads a batch with Len and Row, or
+// part by part with Parts and the columns of each part.
 type Batch struct {
 	// Epoch is the checkpoint epoch the rows belong to.
 	Epoch uint64
@@ -40,6 +47,8 @@ type Batch struct {
 	// not there yet. Replay makes the rows identical to the first attempt.
 	Retry bool
 
+	// The columns hold the rows appended to this batch; a joined batch has
+	// its rows in its parts, and its own columns are empty.
 	UUID      []operators.UUID
 	EventTime []int64 // epoch ms
 	EventDate []int32 // days since 1970-01-01 in the pipeline's zone
@@ -51,10 +60,15 @@ type Batch struct {
 	Timestamp []int64 // Kafka record timestamp, epoch ms
 	payloadAt []int32 // end of each row's payload in payloads
 	payloads  []byte
+
+	parts []*Batch // set by Join
 }
 
 // Append copies r into the batch.
 func (b *Batch) Append(r *operators.Row) {
+	if len(b.parts) > 0 {
+		panic("sinks: Append to a joined batch")
+	}
 	b.UUID = append(b.UUID, r.UUID)
 	b.EventTime = append(b.EventTime, r.EventTime)
 	b.EventDate = append(b.EventDate, r.EventDate)
@@ -70,30 +84,86 @@ func (b *Batch) Append(r *operators.Row) {
 
 // AppendBatch copies every row of o into b.
 func (b *Batch) AppendBatch(o *Batch) {
-	base := int32(len(b.payloads))
-	b.UUID = append(b.UUID, o.UUID...)
-	b.EventTime = append(b.EventTime, o.EventTime...)
-	b.EventDate = append(b.EventDate, o.EventDate...)
-	b.FirstSeen = append(b.FirstSeen, o.FirstSeen...)
-	b.IsNew = append(b.IsNew, o.IsNew...)
-	b.Late = append(b.Late, o.Late...)
-	b.Partition = append(b.Partition, o.Partition...)
-	b.Offset = append(b.Offset, o.Offset...)
-	b.Timestamp = append(b.Timestamp, o.Timestamp...)
-	b.payloads = append(b.payloads, o.payloads...)
-	for _, at := range o.payloadAt {
-		b.payloadAt = append(b.payloadAt, base+at)
+	if len(b.parts) > 0 {
+		panic("sinks: AppendBatch to a joined batch")
+	}
+	for _, o := range o.Parts() {
+		base := int32(len(b.payloads))
+		b.UUID = append(b.UUID, o.UUID...)
+		b.EventTime = append(b.EventTime, o.EventTime...)
+		b.EventDate = append(b.EventDate, o.EventDate...)
+		b.FirstSeen = append(b.FirstSeen, o.FirstSeen...)
+		b.IsNew = append(b.IsNew, o.IsNew...)
+		b.Late = append(b.Late, o.Late...)
+		b.Partition = append(b.Partition, o.Partition...)
+		b.Offset = append(b.Offset, o.Offset...)
+		b.Timestamp = append(b.Timestamp, o.Timestamp...)
+		b.payloads = append(b.payloads, o.payloads...)
+		for _, at := range o.payloadAt {
+			b.payloadAt = append(b.payloadAt, base+at)
+		}
 	}
 }
 
+// Join adds the rows of parts, in order, to b without copying them: b
+// refers to the parts' memory until Reset, and the parts must not change
+// meanwhile. b must not have rows of its own (from Append).
+func (b *Batch) Join(parts ...*Batch) {
+	if len(b.UUID) > 0 {
+		panic("sinks: Join into a batch that has rows of its own")
+	}
+	for _, p := range parts {
+		b.parts = append(b.parts, p.Parts()...)
+	}
+}
+
+// Parts returns the batches that hold b's rows, in order: the parts it
+// joined, or b itself. Their columns hold the rows.
+func (b *Batch) Parts() []*Batch {
+	if len(b.parts) > 0 {
+		return b.parts
+	}
+	return []*Batch{b}
+}
+
 // Bytes is roughly the memory the rows hold.
-func (b *Batch) Bytes() int { return len(b.payloads) + 64*len(b.UUID) }
+func (b *Batch) Bytes() int {
+	n := len(b.payloads) + 64*len(b.UUID)
+	for _, p := range b.parts {
+		n += p.Bytes()
+	}
+	return n
+}
 
 // Len is the number of rows.
-func (b *Batch) Len() int { return len(b.UUID) }
+func (b *Batch) Len() int {
+	n := len(b.UUID)
+	for _, p := range b.parts {
+		n += p.Len()
+	}
+	return n
+}
+
+// part returns the part that holds row i of a joined batch, and the row's
+// index in it.
+func (b *Batch) part(i int) (*Batch, int) {
+	j := i
+	for _, p := range b.parts {
+		n := p.Len()
+		if j < n {
+			return p, j
+		}
+		j -= n
+	}
+	panic(fmt.Sprintf("sinks: row %d of a batch of %d rows", i, b.Len()))
+}
 
 // Payload returns row i's payload; it aliases the batch's memory.
 func (b *Batch) Payload(i int) []byte {
+	if len(b.parts) > 0 {
+		p, j := b.part(i)
+		return p.Payload(j)
+	}
 	start := int32(0)
 	if i > 0 {
 		start = b.payloadAt[i-1]
@@ -103,14 +173,38 @@ func (b *Batch) Payload(i int) []byte {
 
 // Row copies row i into r; r.Payload aliases the batch's memory.
 func (b *Batch) Row(i int, r *operators.Row) {
+	if len(b.parts) > 0 {
+		p, j := b.part(i)
+		p.Row(j, r)
+		return
+	}
 	*r = operators.Row{UUID: b.UUID[i], EventTime: b.EventTime[i], EventDate: b.EventDate[i],
 		FirstSeen: b.FirstSeen[i], IsNew: b.IsNew[i], Late: b.Late[i], Partition: b.Partition[i],
 		Offset: b.Offset[i], Timestamp: b.Timestamp[i], Payload: b.Payload(i)}
 }
 
-// Reset empties the batch and keeps its memory.
+// A batch keeps at most four times the memory its last rows used, and at
+// least keepRows rows and keepBytes bytes of payload, for the next rows:
+// one huge epoch must not pin its memory for good.
+const (
+	keepRows  = 16 << 10
+	keepBytes = 4 << 20
+)
+
+// Reset empties the batch (a joined batch lets go of its parts). It keeps
+// its memory for the next rows, unless that is much more than the rows it
+// just held needed.
 func (b *Batch) Reset() {
 	b.Epoch, b.Retry = 0, false
+	clear(b.parts)
+	b.parts = b.parts[:0]
+	if n := len(b.UUID); cap(b.UUID) > max(4*n, keepRows) {
+		b.UUID, b.EventTime, b.EventDate, b.FirstSeen = nil, nil, nil, nil
+		b.IsNew, b.Late, b.Partition, b.Offset, b.Timestamp, b.payloadAt = nil, nil, nil, nil, nil, nil
+	}
+	if n := len(b.payloads); cap(b.payloads) > max(4*n, keepBytes) {
+		b.payloads = nil
+	}
 	b.UUID, b.EventTime, b.EventDate, b.FirstSeen = b.UUID[:0], b.EventTime[:0], b.EventDate[:0], b.FirstSeen[:0]
 	b.IsNew, b.Late, b.Partition, b.Offset, b.Timestamp = b.IsNew[:0], b.Late[:0], b.Partition[:0], b.Offset[:0], b.Timestamp[:0]
 	b.payloadAt, b.payloads = b.payloadAt[:0], b.payloads[:0]

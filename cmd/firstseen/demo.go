@@ -125,7 +125,8 @@ func runDemo(ctx context.Context, out io.Writer, f *pipelineFlags, op operators.
 	jsonl := o.output
 	if f.chAddr != "" {
 		ch, err = clickhouse.Open(ctx, clickhouse.Config{Addr: splitList(f.chAddr), Database: f.chDatabase,
-			Table: f.chTable, User: f.chUser, Password: f.chPassword, DialTimeout: 3 * time.Second})
+			Table: f.chTable, User: f.chUser, Password: f.chPassword, DialTimeout: 3 * time.Second,
+			Compression: f.chCompression})
 		if err != nil {
 			fmt.Fprintf(out, "ClickHouse at %s is not usable (%v); writing JSON Lines instead\n", f.chAddr, err)
 		} else if err = ch.Conn().Exec(ctx, "TRUNCATE TABLE "+ch.Table()); err != nil {

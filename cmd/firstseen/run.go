@@ -128,7 +128,8 @@ safe: the next start replays from the last checkpoint.`,
 // openClickHouse connects, retrying while the error is transient, so a
 // processor started before its database waits for it.
 func openClickHouse(ctx context.Context, f *pipelineFlags, log *slog.Logger) (*clickhouse.Sink, error) {
-	cfg := clickhouse.Config{Addr: splitList(f.chAddr), Database: f.chDatabase, Table: f.chTable, User: f.chUser, Password: f.chPassword}
+	cfg := clickhouse.Config{Addr: splitList(f.chAddr), Database: f.chDatabase, Table: f.chTable, User: f.chUser, Password: f.chPassword,
+		Compression: f.chCompression}
 	backoff := time.Second
 	for {
 		s, err := clickhouse.Open(ctx, cfg)

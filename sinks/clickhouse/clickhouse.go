@@ -27,9 +27,13 @@
 // range of Date (1970-01-01 to 2149-06-06) and DateTime (1970 to 2106) are
 // clamped to it, not wrapped around.
 //
-// [Sink.Write] sends a batch column by column as one INSERT per million rows
-// and returns once the server acknowledged every INSERT. It never retries:
-// the engine does, and [IsRetryable] tells it whether retrying can help.
+// [Sink.Write] sends a batch as one INSERT per million rows, streamed in
+// blocks of at most 8Ki rows (and about 4 MiB of payload), so that the
+// memory the sink and the driver hold is a block's, whatever the size of the
+// batch; the server still joins the blocks of an INSERT into parts of up to
+// a million rows (min_insert_block_size_rows). It returns once the server
+// acknowledged every INSERT. It never retries: the engine does, and
+// [IsRetryable] tells it whether retrying can help.
 //
 // Plain MergeTree has no server-side deduplication on old servers, and one
 // INSERT is atomic only within one table partition (month), so a failed
@@ -47,16 +51,20 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/crc32"
 	"hash/crc64"
 	"maps"
 	"math"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unsafe"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -72,6 +80,48 @@ type Config struct {
 	User        string        // default "default"
 	Password    string        // never included in errors
 	DialTimeout time.Duration // default 10s
+	Compression Compression   // of the rows sent; default CompressionLZ4
+}
+
+// Compression is how the rows of an INSERT are compressed on the wire. It
+// is a flag value (it implements pflag.Value).
+type Compression string
+
+const (
+	// CompressionLZ4 sends fewer bytes for some CPU: the right choice when
+	// ClickHouse is across a network.
+	CompressionLZ4 Compression = "lz4"
+	// CompressionNone saves that CPU (LZ4 is most of the sink's work) when
+	// ClickHouse is on the same host or behind a fast, uncontended link.
+	CompressionNone Compression = "none"
+)
+
+func (c Compression) String() string { return string(c) }
+
+// Set implements pflag.Value: it takes lz4 or none.
+func (c *Compression) Set(v string) error {
+	switch Compression(strings.ToLower(v)) {
+	case CompressionLZ4, "":
+		*c = CompressionLZ4
+	case CompressionNone:
+		*c = CompressionNone
+	default:
+		return fmt.Errorf("%q: want lz4 or none", v)
+	}
+	return nil
+}
+
+// Type implements pflag.Value.
+func (c *Compression) Type() string { return "lz4|none" }
+
+func (c Compression) option() (*ch.Compression, error) {
+	switch c {
+	case CompressionLZ4:
+		return &ch.Compression{Method: ch.CompressionLZ4}, nil
+	case CompressionNone:
+		return nil, nil
+	}
+	return nil, fmt.Errorf("compression %q: want lz4 or none", string(c))
 }
 
 func (c Config) withDefaults() Config {
@@ -90,12 +140,24 @@ func (c Config) withDefaults() Config {
 	if c.DialTimeout <= 0 {
 		c.DialTimeout = 10 * time.Second
 	}
+	if c.Compression == "" {
+		c.Compression = CompressionLZ4
+	}
 	return c
 }
 
 // maxInsertRows is the most rows one INSERT carries; larger batches are
-// split. A variable so that tests can exercise the split.
-var maxInsertRows = 1_000_000
+// split. An INSERT streams its rows in blocks of at most blockRows rows and
+// about blockBytes of payload. The driver builds its columns afresh for
+// every INSERT and reuses them from block to block, so small blocks keep
+// what each INSERT allocates (and the CPU that costs) small; the server
+// joins them into parts anyway. Variables so that tests can exercise the
+// splits.
+var (
+	maxInsertRows = 1_000_000
+	blockRows     = 8 << 10
+	blockBytes    = 4 << 20
+)
 
 // columns are the inserted columns, in the order Write appends them.
 var columns = [...]string{
@@ -106,7 +168,13 @@ var columns = [...]string{
 // Sink writes batches to one ClickHouse table. Its methods are safe for
 // concurrent use; writes are serialized.
 type Sink struct {
-	conn     driver.Conn
+	conn driver.Conn // for queries
+	// INSERTs have a pool of their own, of one connection (insNet), so
+	// that a cancelled Write can close the connection its INSERT streams
+	// on: the driver watches the context only while it sends the last
+	// block.
+	ins      driver.Conn
+	insNet   atomic.Pointer[net.Conn]
 	where    string // "clickhouse host:port" prefix of every error
 	password string
 	table    string // quoted `db`.`table`
@@ -121,20 +189,9 @@ type Sink struct {
 	mu     sync.Mutex
 	closed bool
 
-	// Column buffers, reused between writes.
-	dates      []time.Time
-	eventTimes []time.Time
-	firstSeens []time.Time
-	kafkaTimes []time.Time
-	uuidArena  []byte
-	uuids      [][]byte
-	isNew      []uint8
-	late       []uint8
-	payloads   [][]byte
-	epochs     []uint64
-	partitions []int32 // only for filtered rows
-	offsets    []int64 // only for filtered rows
-	keep       []int32 // rows of a retried batch that are not in the table
+	block block   // reused from block to block and between writes
+	runs  []run   // the rows a Write inserts
+	keep  []int32 // rows of a retried batch that are not in the table
 
 	// After a failed Write: its epoch and the query ids of its INSERTs.
 	unsure      bool
@@ -152,21 +209,40 @@ func Open(ctx context.Context, cfg Config) (*Sink, error) {
 	}
 	s.insert = "INSERT INTO " + s.table + " (" + strings.Join(columns[:], ", ") + ")"
 
-	conn, err := ch.Open(&ch.Options{
+	compression, err := cfg.Compression.option()
+	if err != nil {
+		return nil, s.wrap("invalid connection options", err)
+	}
+	opts := ch.Options{
 		Protocol: ch.Native,
 		Addr:     cfg.Addr,
 		// No database in the handshake: it may not exist yet. Every query
 		// names the database.
 		Auth:        ch.Auth{Username: cfg.User, Password: cfg.Password},
 		DialTimeout: cfg.DialTimeout,
-		Compression: &ch.Compression{Method: ch.CompressionLZ4},
-	})
+		Compression: compression,
+	}
+	conn, err := ch.Open(&opts)
 	if err != nil {
 		return nil, s.wrap("invalid connection options", err)
 	}
 	s.conn = conn
+	dialer := net.Dialer{Timeout: cfg.DialTimeout}
+	opts.MaxOpenConns, opts.MaxIdleConns = 1, 1
+	opts.DialContext = func(ctx context.Context, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			s.insNet.Store(&c)
+		}
+		return c, err
+	}
+	if s.ins, err = ch.Open(&opts); err != nil {
+		_ = conn.Close()
+		return nil, s.wrap("invalid connection options", err)
+	}
 	fail := func(op string, err error) (*Sink, error) {
 		_ = conn.Close()
+		_ = s.ins.Close()
 		return nil, s.wrap(op, err)
 	}
 
@@ -208,6 +284,7 @@ func Open(ctx context.Context, cfg Config) (*Sink, error) {
 	}
 	if err := s.checkSchema(have); err != nil {
 		_ = conn.Close()
+		_ = s.ins.Close()
 		return nil, err
 	}
 	return s, nil
@@ -253,14 +330,31 @@ func tableSettings(major int) string {
 // same token and is dropped by the server; a retry of only the rows that
 // did not land is different content, so it gets another token.
 func dedupToken(table string, epoch uint64, partitions []int32, offsets []int64) string {
-	h := crc64.New(crc64.MakeTable(crc64.ECMA))
-	var buf [12]byte
+	h := newTokenHash()
 	for i := range offsets {
-		binary.LittleEndian.PutUint32(buf[:4], uint32(partitions[i]))
-		binary.LittleEndian.PutUint64(buf[4:], uint64(offsets[i]))
-		h.Write(buf[:])
+		h.add(partitions[i], offsets[i])
 	}
-	return fmt.Sprintf("firstseen-%08x-%d-%d-%016x", crc32.ChecksumIEEE([]byte(table)), epoch, len(offsets), h.Sum64())
+	return h.token(table, epoch)
+}
+
+// tokenHash computes a dedupToken row by row.
+type tokenHash struct {
+	h   hash.Hash64
+	n   int
+	buf [12]byte
+}
+
+func newTokenHash() *tokenHash { return &tokenHash{h: crc64.New(crc64.MakeTable(crc64.ECMA))} }
+
+func (t *tokenHash) add(partition int32, offset int64) {
+	binary.LittleEndian.PutUint32(t.buf[:4], uint32(partition))
+	binary.LittleEndian.PutUint64(t.buf[4:], uint64(offset))
+	t.h.Write(t.buf[:])
+	t.n++
+}
+
+func (t *tokenHash) token(table string, epoch uint64) string {
+	return fmt.Sprintf("firstseen-%08x-%d-%d-%016x", crc32.ChecksumIEEE([]byte(table)), epoch, t.n, t.h.Sum64())
 }
 
 // columnTypes returns the type of each column of the table; none when the
@@ -353,22 +447,26 @@ func (s *Sink) Write(ctx context.Context, b *sinks.Batch) error {
 	if s.closed {
 		return s.wrap("insert into "+s.table, errClosed)
 	}
-	filtered := false
+	defer s.release()
+	s.runs = s.runs[:0]
 	if b.Retry || (s.unsure && s.unsureEpoch == b.Epoch) {
 		if err := s.selectNotLanded(ctx, b); err != nil {
 			return s.wrap(fmt.Sprintf("cannot check which rows of epoch %d a failed insert left in %s",
 				b.Epoch, s.table), err)
 		}
-		filtered = true
+	} else {
+		for _, p := range b.Parts() {
+			s.runs = append(s.runs, run{b: p, lo: 0, hi: p.Len()})
+		}
 	}
-	n := b.Len()
-	if filtered {
-		n = len(s.keep)
+	n := 0
+	for _, r := range s.runs {
+		n += r.len()
 	}
 	s.unsure, s.unsureEpoch = true, b.Epoch // until every INSERT succeeded
 	for lo := 0; lo < n; lo += maxInsertRows {
 		hi := min(lo+maxInsertRows, n)
-		if err := s.insertRows(ctx, b, filtered, lo, hi); err != nil {
+		if err := s.insertRows(ctx, b.Epoch, lo, hi); err != nil {
 			if lo == 0 && hi == n {
 				return s.wrap(fmt.Sprintf("insert of %d row(s) into %s", n, s.table), err)
 			}
@@ -379,79 +477,191 @@ func (s *Sink) Write(ctx context.Context, b *sinks.Batch) error {
 	return nil
 }
 
-// insertRows sends rows [lo, hi) of b (of s.keep when filtered) as one
-// INSERT.
-func (s *Sink) insertRows(ctx context.Context, b *sinks.Batch, filtered bool, lo, hi int) (err error) {
-	s.fill(b, filtered, lo, hi)
-	defer s.clearRefs()
+// run is rows of one part of a batch (not a joined one): rows lo to hi-1,
+// or, when keep is set, the rows keep[lo:hi].
+type run struct {
+	b      *sinks.Batch
+	keep   []int32
+	lo, hi int
+}
 
-	id := s.queryIDPrefix(b.Epoch) + fmt.Sprintf("%016x", rand.Uint64())
-	partitions, offsets := s.partitions, s.offsets
-	if !filtered {
-		partitions, offsets = b.Partition[lo:hi], b.Offset[lo:hi]
+func (r run) len() int { return r.hi - r.lo }
+
+func (r run) row(i int) int {
+	if r.keep != nil {
+		return int(r.keep[i])
 	}
+	return i
+}
+
+// insertRows sends rows [lo, hi) of s.runs, which hold rows of epoch, as one
+// INSERT, streamed in blocks.
+func (s *Sink) insertRows(ctx context.Context, epoch uint64, lo, hi int) (err error) {
+	id := s.queryIDPrefix(epoch) + fmt.Sprintf("%016x", rand.Uint64())
 	opts := []ch.QueryOption{ch.WithQueryID(id)}
 	if s.major >= dedupTokenMajor {
-		opts = append(opts, ch.WithSettings(ch.Settings{
-			"insert_deduplication_token": dedupToken(s.table, b.Epoch, partitions, offsets)}))
+		h := newTokenHash()
+		s.eachRun(lo, hi, func(r run) {
+			for i := r.lo; i < r.hi; i++ {
+				j := r.row(i)
+				h.add(r.b.Partition[j], r.b.Offset[j])
+			}
+		})
+		opts = append(opts, ch.WithSettings(ch.Settings{"insert_deduplication_token": h.token(s.table, epoch)}))
 	}
-	batch, err := s.conn.PrepareBatch(ch.Context(ctx, opts...), s.insert)
+	batch, err := s.ins.PrepareBatch(ch.Context(ctx, opts...), s.insert)
 	if err != nil {
 		return err
 	}
+	// Close the connection if ctx ends while a block is being sent; the
+	// driver then drops it.
+	stop := context.AfterFunc(ctx, func() {
+		if c := s.insNet.Load(); c != nil {
+			_ = (*c).Close()
+		}
+	})
 	defer func() {
+		stop()
 		if err != nil && !batch.IsSent() {
 			_ = batch.Abort()
 		}
-	}()
-	values := [len(columns)]any{
-		s.dates, s.eventTimes, s.uuids, s.firstSeens, s.isNew, s.late,
-		partitions, offsets, s.payloads, s.kafkaTimes, s.epochs,
-	}
-	for i, v := range values {
-		if err := batch.Column(i).Append(v); err != nil {
-			return fmt.Errorf("column %s: %w", columns[i], err)
+		if err != nil && ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
 		}
+	}()
+
+	k := &s.block
+	k.reset()
+	flush := func() error {
+		for i, v := range k.values() {
+			if err := batch.Column(i).Append(v); err != nil {
+				return fmt.Errorf("column %s: %w", columns[i], err)
+			}
+		}
+		k.reset()
+		return nil
+	}
+	s.eachRun(lo, hi, func(r run) {
+		for i := r.lo; i < r.hi && err == nil; i++ {
+			k.add(r.b, r.row(i), epoch, s.narrow)
+			if k.full() {
+				if err = flush(); err == nil {
+					err = batch.Flush()
+				}
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	if err := flush(); err != nil {
+		return err
 	}
 	return batch.Send()
 }
 
-// fill converts rows [lo, hi) of b, or the rows s.keep[lo:hi] when
-// filtered, into the sink's column buffers.
-func (s *Sink) fill(b *sinks.Batch, filtered bool, lo, hi int) {
-	n := hi - lo
-	s.dates = resize(s.dates, n)
-	s.eventTimes = resize(s.eventTimes, n)
-	s.firstSeens = resize(s.firstSeens, n)
-	s.kafkaTimes = resize(s.kafkaTimes, n)
-	s.uuids = resize(s.uuids, n)
-	s.isNew = resize(s.isNew, n)
-	s.late = resize(s.late, n)
-	s.payloads = resize(s.payloads, n)
-	s.epochs = resize(s.epochs, n)
-	s.uuidArena = resize(s.uuidArena, 36*n)
-	if filtered {
-		s.partitions = resize(s.partitions, n)
-		s.offsets = resize(s.offsets, n)
-	}
-	for i := range n {
-		r := lo + i
-		if filtered {
-			r = int(s.keep[r])
-			s.partitions[i] = b.Partition[r]
-			s.offsets[i] = b.Offset[r]
+// eachRun calls f with the runs that hold rows [lo, hi) of s.runs, cut to
+// those rows.
+func (s *Sink) eachRun(lo, hi int, f func(r run)) {
+	at := 0 // index in s.runs of the first row of r
+	for _, r := range s.runs {
+		n := r.len()
+		if at+n > lo && at < hi {
+			cut := r
+			cut.lo = r.lo + max(lo-at, 0)
+			cut.hi = r.lo + min(hi-at, n)
+			f(cut)
 		}
-		s.dates[i] = dateOf(b.EventDate[r])
-		s.eventTimes[i] = timeOf(b.EventTime[r], s.narrow[0])
-		s.firstSeens[i] = timeOf(b.FirstSeen[r], s.narrow[1])
-		s.kafkaTimes[i] = timeOf(b.Timestamp[r], s.narrow[2])
-		u := s.uuidArena[36*i : 36*i : 36*(i+1)]
-		s.uuids[i] = b.UUID[r].AppendCanonical(u)
-		s.isNew[i] = boolByte(b.IsNew[r])
-		s.late[i] = boolByte(b.Late[r])
-		s.payloads[i] = b.Payload(r)
-		s.epochs[i] = b.Epoch
+		at += n
 	}
+}
+
+// release lets go of the batch's memory after a Write, and of a retry's
+// list of rows if it is large.
+func (s *Sink) release() {
+	s.block.reset()
+	clear(s.runs)
+	s.runs = s.runs[:0]
+	if cap(s.keep) > blockRows {
+		s.keep = nil
+	}
+}
+
+// block is the rows of one block of an INSERT, column by column, in types
+// the driver appends to its columns without allocating. Its memory is
+// allocated once, for blockRows rows, and reused from block to block.
+type block struct {
+	n          int // rows
+	bytes      int // of payload
+	dates      []time.Time
+	eventTimes []int64 // epoch seconds (DateTime) or milliseconds (DateTime64)
+	firstSeens []int64
+	kafkaTimes []int64
+	uuidArena  []byte
+	uuids      []string // in uuidArena
+	isNew      []uint8
+	late       []uint8
+	partitions []int32
+	offsets    []int64
+	payloads   []string // in the batch's memory
+	epochs     []uint64
+}
+
+// add appends row i of b. narrow marks the time columns of type DateTime
+// (event_time, first_seen, kafka_time).
+func (k *block) add(b *sinks.Batch, i int, epoch uint64, narrow [3]bool) {
+	if len(k.dates) != blockRows {
+		k.alloc()
+	}
+	j := k.n
+	k.n++
+	k.dates[j] = dateOf(b.EventDate[i])
+	k.eventTimes[j] = timeValue(b.EventTime[i], narrow[0])
+	k.firstSeens[j] = timeValue(b.FirstSeen[i], narrow[1])
+	k.kafkaTimes[j] = timeValue(b.Timestamp[i], narrow[2])
+	u := b.UUID[i].AppendCanonical(k.uuidArena[36*j : 36*j : 36*(j+1)])
+	k.uuids[j] = unsafeString(u)
+	k.isNew[j] = boolByte(b.IsNew[i])
+	k.late[j] = boolByte(b.Late[i])
+	k.partitions[j] = b.Partition[i]
+	k.offsets[j] = b.Offset[i]
+	p := b.Payload(i)
+	k.payloads[j] = unsafeString(p)
+	k.bytes += len(p)
+	k.epochs[j] = epoch
+}
+
+func (k *block) alloc() {
+	n := blockRows
+	*k = block{dates: make([]time.Time, n), eventTimes: make([]int64, n), firstSeens: make([]int64, n),
+		kafkaTimes: make([]int64, n), uuidArena: make([]byte, 36*n), uuids: make([]string, n),
+		isNew: make([]uint8, n), late: make([]uint8, n), partitions: make([]int32, n), offsets: make([]int64, n),
+		payloads: make([]string, n), epochs: make([]uint64, n)}
+}
+
+// unsafeString is b as a string, without a copy. The block's strings alias
+// the batch's payloads and the block's uuid arena, which do not change
+// while the driver copies the strings into its columns, and the block drops
+// them when it is reset; a copy per value would allocate twice per row.
+func unsafeString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
+
+// full says whether the block is as large as a block gets.
+func (k *block) full() bool { return k.n >= blockRows || k.bytes >= blockBytes }
+
+// values are the block's columns, in the order of columns.
+func (k *block) values() [len(columns)]any {
+	n := k.n
+	return [len(columns)]any{
+		k.dates[:n], k.eventTimes[:n], k.uuids[:n], k.firstSeens[:n], k.isNew[:n], k.late[:n],
+		k.partitions[:n], k.offsets[:n], k.payloads[:n], k.kafkaTimes[:n], k.epochs[:n],
+	}
+}
+
+// reset empties the block, and drops its references to the batch's memory.
+func (k *block) reset() {
+	clear(k.payloads[:k.n])
+	clear(k.uuids[:k.n])
+	k.n, k.bytes = 0, 0
 }
 
 // insertWait is how long a retried Write waits for the failed INSERTs to
@@ -462,7 +672,7 @@ var insertWait = 30 * time.Second
 var errInsertRunning = errors.New("the failed insert is still running on the server")
 
 // selectNotLanded waits until the server no longer runs the INSERTs of the
-// failed Write and sets s.keep to the rows of b that are not in the table.
+// failed Write and sets s.runs to the rows of b that are not in the table.
 func (s *Sink) selectNotLanded(ctx context.Context, b *sinks.Batch) error {
 	// An INSERT of this epoch may still be running: one this process gave up
 	// on, or one a crashed process had fully sent. Its query id tells.
@@ -485,13 +695,15 @@ func (s *Sink) selectNotLanded(ctx context.Context, b *sinks.Batch) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+	parts := b.Parts()
 	dates := make(map[int32]map[int32]struct{}) // partition -> event dates
-	for i := range b.Len() {
-		p := b.Partition[i]
-		if dates[p] == nil {
-			dates[p] = make(map[int32]struct{})
+	for _, b := range parts {
+		for i, p := range b.Partition {
+			if dates[p] == nil {
+				dates[p] = make(map[int32]struct{})
+			}
+			dates[p][b.EventDate[i]] = struct{}{}
 		}
-		dates[p][b.EventDate[i]] = struct{}{}
 	}
 	landed := make(map[int32]map[int64]struct{}, len(dates))
 	for p, ds := range dates {
@@ -502,16 +714,17 @@ func (s *Sink) selectNotLanded(ctx context.Context, b *sinks.Batch) error {
 		landed[p] = l
 	}
 	s.keep = s.keep[:0]
-	for i := range b.Len() {
-		if _, ok := landed[b.Partition[i]][b.Offset[i]]; !ok {
-			s.keep = append(s.keep, int32(i))
+	for _, b := range parts {
+		at := len(s.keep)
+		for i, p := range b.Partition {
+			if _, ok := landed[p][b.Offset[i]]; !ok {
+				s.keep = append(s.keep, int32(i))
+			}
 		}
+		s.runs = append(s.runs, run{b: b, keep: s.keep[at:len(s.keep):len(s.keep)], lo: 0, hi: len(s.keep) - at})
 	}
 	return nil
 }
-
-// clearRefs drops the references to the batch's payload memory.
-func (s *Sink) clearRefs() { clear(s.payloads) }
 
 // Landed returns the src_offset values of the rows already in the table for
 // src_partition = partition and _epoch = epoch, restricted to the given
@@ -573,10 +786,8 @@ func (s *Sink) Close() error {
 		return nil
 	}
 	s.closed = true
-	s.dates, s.eventTimes, s.firstSeens, s.kafkaTimes = nil, nil, nil, nil
-	s.uuidArena, s.uuids, s.isNew, s.late, s.payloads, s.epochs = nil, nil, nil, nil, nil, nil
-	s.partitions, s.offsets, s.keep = nil, nil, nil
-	if err := s.conn.Close(); err != nil {
+	s.block, s.runs, s.keep = block{}, nil, nil
+	if err := errors.Join(s.ins.Close(), s.conn.Close()); err != nil {
 		return s.wrap("close", err)
 	}
 	return nil
@@ -628,15 +839,15 @@ func dateOf(d int32) time.Time {
 	return time.Unix(int64(min(max(d, 0), math.MaxUint16))*86400, 0).UTC()
 }
 
-// timeOf is the value for a time column of epoch milliseconds ms. A
-// DateTime64(3) column keeps the milliseconds, a DateTime column (narrow)
-// whole seconds, as an unsigned 32-bit number: times outside 1970 to
+// timeValue is the value for a time column of epoch milliseconds ms, as the
+// driver takes it: for DateTime64 the milliseconds, for a DateTime column
+// (narrow) whole seconds, an unsigned 32-bit number: times outside 1970 to
 // 2106-02-07 are clamped rather than left to wrap around.
-func timeOf(ms int64, narrow bool) time.Time {
+func timeValue(ms int64, narrow bool) int64 {
 	if narrow {
-		ms = min(max(ms, 0), math.MaxUint32*1000)
+		return min(max(ms, 0), math.MaxUint32*1000) / 1000
 	}
-	return time.UnixMilli(ms).UTC()
+	return ms
 }
 
 func boolByte(b bool) uint8 {
@@ -644,14 +855,6 @@ func boolByte(b bool) uint8 {
 		return 1
 	}
 	return 0
-}
-
-// resize returns s with length n, reusing its memory when it is large enough.
-func resize[T any](s []T, n int) []T {
-	if cap(s) < n {
-		return make([]T, n, n+n/4)
-	}
-	return s[:n]
 }
 
 // queryIDPrefix starts the query id of every INSERT of an epoch into this

@@ -8,6 +8,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -223,13 +225,24 @@ func TestOpenDefaultDatabase(t *testing.T) {
 
 func TestWriteReadBack(t *testing.T) {
 	addr := chtest.Addr(t)
-	db := chtest.FreshDatabase(t, addr)
-	s := openSink(t, Config{Addr: []string{addr}, Database: db})
+	// Split into several INSERTs, each of several blocks (by rows, and by
+	// payload bytes), to exercise those paths too.
+	defer func(n, r, b int) { maxInsertRows, blockRows, blockBytes = n, r, b }(maxInsertRows, blockRows, blockBytes)
+	maxInsertRows, blockRows = 700, 128
+	for _, c := range []Compression{CompressionLZ4, CompressionNone} {
+		t.Run(string(c), func(t *testing.T) {
+			blockBytes = 16 << 20
+			if c == CompressionNone {
+				blockBytes = 2000 // a block of about 40 rows
+			}
+			db := chtest.FreshDatabase(t, addr)
+			s := openSink(t, Config{Addr: []string{addr}, Database: db, Compression: c})
+			testWriteReadBack(t, s, db)
+		})
+	}
+}
 
-	// Split into several INSERTs to exercise that path too.
-	defer func(n int) { maxInsertRows = n }(maxInsertRows)
-	maxInsertRows = 700
-
+func testWriteReadBack(t *testing.T, s *Sink, db string) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 7))
@@ -238,16 +251,28 @@ func TestWriteReadBack(t *testing.T) {
 	var all []operators.Row
 	var epochs []uint64
 	var b sinks.Batch
-	// The second, smaller write reuses the sink's buffers.
+	var parts [3]sinks.Batch
+	// The first write is a join of a batch per partition, as the engine
+	// hands it over; the second, smaller one reuses the sink's buffers.
 	for i, n := range []int{2500, 333} {
 		b.Reset()
+		for p := range parts {
+			parts[p].Reset()
+		}
 		b.Epoch = uint64(10 + i)
 		for j := range n {
 			var r operators.Row
 			randomRow(rng, &r, days[rng.IntN(len(days))], int32(j%3), int64(j))
-			b.Append(&r)
+			if i == 0 {
+				parts[j%3].Append(&r)
+			} else {
+				b.Append(&r)
+			}
 			all = append(all, r)
 			epochs = append(epochs, b.Epoch)
+		}
+		if i == 0 {
+			b.Join(&parts[0], &parts[1], &parts[2])
 		}
 		if err := s.Write(context.Background(), &b); err != nil {
 			t.Fatalf("Write: %v", err)
@@ -269,13 +294,60 @@ func TestWriteReadBack(t *testing.T) {
 		checkRow(t, s, g, &all[i], epochs[i])
 	}
 	// The rows span two months, so two table partitions.
-	var parts uint64
+	var parts2 uint64
 	if err := s.Conn().QueryRow(context.Background(), "SELECT uniqExact(partition) FROM system.parts WHERE database = '"+
-		db+"' AND table = 'enriched_logs' AND active").Scan(&parts); err != nil {
+		db+"' AND table = 'enriched_logs' AND active").Scan(&parts2); err != nil {
 		t.Fatal(err)
 	}
-	if parts != 2 {
-		t.Errorf("%d table partitions, want 2", parts)
+	if parts2 != 2 {
+		t.Errorf("%d table partitions, want 2", parts2)
+	}
+}
+
+// The blocks of one INSERT make one part, not a part each: the server joins
+// them (min_insert_block_size_rows), so small blocks do not multiply parts.
+func TestBlocksMakeOnePart(t *testing.T) {
+	addr := chtest.Addr(t)
+	db := chtest.FreshDatabase(t, addr)
+	s := openSink(t, Config{Addr: []string{addr}, Database: db})
+	ctx := context.Background()
+	if err := s.Conn().Exec(ctx, "SYSTEM STOP MERGES "+s.Table()); err != nil {
+		t.Fatal(err)
+	}
+	defer func(n int) { blockRows = n }(blockRows)
+	blockRows = 1000
+	var b sinks.Batch
+	var r operators.Row
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 20_000 {
+		randomRow(rng, &r, day(2024, 1, 1), 0, int64(i))
+		b.Append(&r)
+	}
+	if err := s.Write(ctx, &b); err != nil {
+		t.Fatal(err)
+	}
+	var parts uint64
+	if err := s.Conn().QueryRow(ctx, "SELECT count() FROM system.parts WHERE database = '"+db+
+		"' AND table = 'enriched_logs' AND active").Scan(&parts); err != nil {
+		t.Fatal(err)
+	}
+	if parts != 1 {
+		t.Fatalf("one INSERT of 20 blocks made %d parts, want 1", parts)
+	}
+}
+
+func TestCompressionValue(t *testing.T) {
+	var c Compression
+	for in, want := range map[string]Compression{"lz4": CompressionLZ4, "LZ4": CompressionLZ4, "none": CompressionNone} {
+		if err := c.Set(in); err != nil || c != want {
+			t.Errorf("Set(%q): %v, %q; want %q", in, err, c, want)
+		}
+	}
+	if err := c.Set("zstd"); err == nil {
+		t.Error("Set(zstd) succeeded")
+	}
+	if _, err := Open(context.Background(), Config{Compression: "zstd"}); err == nil || !strings.Contains(err.Error(), "zstd") {
+		t.Errorf("Open with compression zstd = %v, want an error naming it", err)
 	}
 }
 
@@ -548,12 +620,13 @@ func TestOutOfRange(t *testing.T) {
 	}{
 		{-1500, true, 0},
 		{-1500, false, -1500},
-		{1_700_000_000_123, true, 1_700_000_000_123},
-		{(maxSec + 10) * 1000, true, maxSec * 1000},
+		{1_700_000_000_123, true, 1_700_000_000},
+		{1_700_000_000_123, false, 1_700_000_000_123},
+		{(maxSec + 10) * 1000, true, maxSec},
 		{(maxSec + 10) * 1000, false, (maxSec + 10) * 1000},
 	} {
-		if got := timeOf(c.ms, c.narrow).UnixMilli(); got != c.want {
-			t.Errorf("timeOf(%d, %v) = %d, want %d", c.ms, c.narrow, got, c.want)
+		if got := timeValue(c.ms, c.narrow); got != c.want {
+			t.Errorf("timeValue(%d, %v) = %d, want %d", c.ms, c.narrow, got, c.want)
 		}
 	}
 	for d, want := range map[int32]string{-3: "1970-01-01", 0: "1970-01-01", 19723: "2024-01-01", 70000: "2149-06-06"} {
@@ -577,9 +650,9 @@ func TestOutOfRange(t *testing.T) {
 	for i, g := range readAll(t, s) {
 		var r operators.Row
 		b.Row(i, &r)
-		want := timeOf(r.EventTime, s.narrow[0]).UnixMilli()
+		want := timeValue(r.EventTime, s.narrow[0])
 		if s.narrow[0] {
-			want -= want % 1000
+			want *= 1000
 		}
 		if got := g.EventTime.UnixMilli(); got != want {
 			t.Errorf("row %d: event_time %d stored as %d, want %d", i, r.EventTime, got, want)
@@ -683,6 +756,142 @@ func TestRetryAfterPartialLanding(t *testing.T) {
 	}
 	if n := count(t, s, "_epoch = 6"); n != 200 {
 		t.Fatalf("%d rows of epoch 6, want 200", n)
+	}
+}
+
+// A retry of a joined batch, in several INSERTs and blocks, inserts the
+// rows of every part that did not land, and only those.
+func TestRetryJoinedBatch(t *testing.T) {
+	addr := chtest.Addr(t)
+	db := chtest.FreshDatabase(t, addr)
+	s := openSink(t, Config{Addr: []string{addr}, Database: db})
+	defer func(n, r int) { maxInsertRows, blockRows = n, r }(maxInsertRows, blockRows)
+	maxInsertRows, blockRows = 50, 16
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(12, 13))
+	jan, feb := day(2024, 1, 31), day(2024, 2, 1)
+
+	var parts [3]sinks.Batch
+	var janOnly, joined sinks.Batch
+	janOnly.Epoch, joined.Epoch = 5, 5
+	var r operators.Row
+	for i := range 300 {
+		d := jan
+		if i%4 == 1 {
+			d = feb
+		}
+		randomRow(rng, &r, d, int32(i%3), int64(i))
+		parts[i%3].Append(&r)
+		if d == jan {
+			janOnly.Append(&r)
+		}
+	}
+	if err := s.Write(ctx, &janOnly); err != nil {
+		t.Fatal(err)
+	}
+	joined.Join(&parts[0], &parts[1], &parts[2])
+	joined.Retry = true // as after a crash
+	if err := s.Write(ctx, &joined); err != nil {
+		t.Fatal(err)
+	}
+	var dups uint64
+	if err := s.Conn().QueryRow(ctx, "SELECT count() FROM (SELECT src_partition, src_offset FROM "+s.Table()+
+		" GROUP BY src_partition, src_offset HAVING count() > 1)").Scan(&dups); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, s, "1"); n != 300 || dups != 0 {
+		t.Fatalf("%d rows, %d duplicated; want 300 rows once each", n, dups)
+	}
+	got := readAll(t, s)
+	for _, g := range got {
+		parts[g.Partition].Row(int(g.Offset)/3, &r)
+		checkRow(t, s, g, &r, 5)
+	}
+}
+
+// A Write whose context ends while a block is on its way returns, even
+// when the server has stopped reading: the sink closes the connection.
+func TestCancelWhileServerStalls(t *testing.T) {
+	addr := chtest.Addr(t)
+	db := chtest.FreshDatabase(t, addr)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	stalled := make(chan struct{})
+	var once sync.Once
+	var insertSeen atomic.Bool
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", addr)
+			if err != nil {
+				c.Close()
+				return
+			}
+			defer c.Close()
+			defer up.Close()
+			go func() { _, _ = io.Copy(c, up) }()
+			go func() {
+				// Forward until an INSERT has sent a megabyte, then
+				// stop reading, as a stuck server would.
+				buf := make([]byte, 64<<10)
+				sent := 0
+				for {
+					n, err := c.Read(buf)
+					if n > 0 {
+						if strings.Contains(string(buf[:n]), "INSERT INTO") {
+							insertSeen.Store(true)
+						}
+						if insertSeen.Load() {
+							sent += n
+						}
+						if _, werr := up.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+					if sent > 1<<20 {
+						once.Do(func() { close(stalled) })
+						return
+					}
+				}
+			}()
+		}
+	}()
+	s := openSink(t, Config{Addr: []string{l.Addr().String()}, Database: db, Compression: CompressionNone})
+	var b sinks.Batch
+	b.Epoch = 1
+	rng := rand.New(rand.NewPCG(5, 6))
+	var r operators.Row
+	payload := make([]byte, 1000)
+	for i := range 60_000 { // 60 MB: more than the connection's buffers hold
+		randomRow(rng, &r, day(2024, 3, 1), 0, int64(i))
+		for j := range payload {
+			payload[j] = 'a' + byte(rng.IntN(26))
+		}
+		r.Payload = fmt.Appendf(nil, `{"x":"%s"}`, payload)
+		b.Append(&r)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Write(ctx, &b) }()
+	select {
+	case <-stalled:
+	case err := <-done:
+		t.Fatalf("Write returned before the server stalled: %v", err)
+	}
+	cancel()
+	err = <-done
+	t.Logf("error: %v", err)
+	if !errors.Is(err, context.Canceled) || IsRetryable(err) {
+		t.Fatalf("Write cancelled while the server stalls = %v, want a non-retryable context.Canceled", err)
 	}
 }
 
@@ -795,10 +1004,10 @@ func TestDedupToken(t *testing.T) {
 	}
 }
 
-// BenchmarkFill measures the conversion of a batch into the sink's column
-// buffers, the encoding work of the sink (ns/op is per row; no server).
+// BenchmarkFill measures the conversion of a batch into the sink's block
+// buffers, the sink's own share of encoding (ns/op is per row; no server).
 func BenchmarkFill(b *testing.B) {
-	var s Sink
+	var k block
 	var batch sinks.Batch
 	row := operators.Row{EventTime: 1767225600123, EventDate: 20454, FirstSeen: 1767225600000, IsNew: true,
 		Offset: 42, Timestamp: 1767225600200, Payload: []byte(`{"event":"page_view","page":"/products/42"}`)}
@@ -809,7 +1018,12 @@ func BenchmarkFill(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i += batch.Len() {
-		s.fill(&batch, false, 0, batch.Len())
-		s.clearRefs()
+		for j := range batch.Len() {
+			k.add(&batch, j, 7, [3]bool{true, true, true})
+			if k.full() {
+				k.reset()
+			}
+		}
 	}
+	k.reset()
 }

@@ -173,23 +173,30 @@ func (s *Sink) Write(ctx context.Context, b *sinks.Batch) error {
 func (s *Sink) writeRows(b *sinks.Batch) (int64, error) {
 	var written int64
 	buf := s.buf[:0]
-	for i := range b.Len() {
-		buf = appendLine(buf, b, i)
-		if len(buf) >= flushAt || i == b.Len()-1 {
-			m, err := s.f.Write(buf)
-			written += int64(m)
-			if err != nil {
-				s.buf = buf[:0]
-				return written, err
+	defer func() { s.buf = buf[:0] }()
+	flush := func() error {
+		m, err := s.f.Write(buf)
+		written += int64(m)
+		buf = buf[:0]
+		return err
+	}
+	for _, part := range b.Parts() {
+		for i := range part.Len() {
+			buf = appendLine(buf, part, i)
+			if len(buf) >= flushAt {
+				if err := flush(); err != nil {
+					return written, err
+				}
 			}
-			buf = buf[:0]
 		}
 	}
-	s.buf = buf
+	if len(buf) > 0 {
+		return written, flush()
+	}
 	return written, nil
 }
 
-// appendLine appends row i of b as one line.
+// appendLine appends row i of b, a batch that is not joined, as one line.
 func appendLine(dst []byte, b *sinks.Batch, i int) []byte {
 	dst = append(dst, `{"uuid":"`...)
 	dst = b.UUID[i].AppendCanonical(dst)
