@@ -3,6 +3,7 @@ package operators
 import (
 	"encoding/json"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -165,6 +166,107 @@ func BenchmarkDecode(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		d.Decode(v, &ev)
 	}
+}
+
+// BenchmarkDecodeMix decodes records shaped like engine/workload's: the
+// members in one of four orders, a space after colons and commas in one
+// record of ten, upper-case or undashed uuids, RFC 3339 times, nested
+// contexts, escapes and non-ASCII text in some.
+func BenchmarkDecodeMix(b *testing.B) {
+	recs := workloadLikeRecords(1024)
+	var size int
+	for _, v := range recs {
+		size += len(v)
+	}
+	d := NewDecoder("uuid", "event_time")
+	var ev Event
+	b.SetBytes(int64(size / len(recs)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if d.Decode(recs[i%len(recs)], &ev) != OK {
+			b.Fatalf("%s refused", recs[i%len(recs)])
+		}
+	}
+}
+
+// workloadLikeRecords returns n valid records in the shapes and
+// proportions engine/workload's generator writes them in (see
+// engine/workload/value.go; that package imports this one).
+func workloadLikeRecords(n int) [][]byte {
+	r := rand.New(rand.NewPCG(13, 14))
+	orders := [][]string{{"uuid", "event_time", "event", "page", "extra"}, {"event", "uuid", "page", "event_time", "extra"},
+		{"event_time", "uuid", "extra", "event", "page"}, {"extra", "page", "event", "event_time", "uuid"}}
+	refs := []string{`"He said \"hi\" and left"`, `"caf\u00e9 cr\u00e8me br\u00fbl\u00e9e"`, `"Zürich → 東京 🚀"`,
+		`"C:\\Users\\demo\\notes.txt"`, `"line one\nline two\ttabbed"`, `"\ud83d\ude00 via a surrogate pair"`}
+	pages := []string{"/", "/home", "/cart", "/checkout", "/search?q=running+shoes", "/account/settings", "/products/1234"}
+	events := []string{"page_view", "page_view", "page_view", "click", "click", "add_to_cart", "purchase", "login"}
+	recs := make([][]byte, n)
+	for i := range recs {
+		var u UUID
+		for k := range u {
+			u[k] = byte(r.Uint32())
+		}
+		et := 1767225600000 + r.Int64N(2*86400000)
+		sep, colon := ",", ":"
+		if r.IntN(10) == 0 {
+			sep, colon = ", ", ": "
+		}
+		order := orders[0]
+		if n := r.IntN(100); n >= 70 {
+			order = orders[1+min(2, (n-70)/10)]
+		}
+		ev := events[r.IntN(len(events))]
+		var m []string // the members, name and value
+		for _, name := range order {
+			switch name {
+			case "uuid":
+				s := u.String()
+				switch n := r.IntN(100); {
+				case n >= 95:
+					s = strings.ReplaceAll(s, "-", "")
+				case n >= 90:
+					s = strings.ToUpper(s)
+				}
+				m = append(m, "uuid", `"`+s+`"`)
+			case "event_time":
+				t := strconv.FormatInt(et, 10)
+				if r.IntN(100) >= 80 {
+					t = `"` + time.UnixMilli(et).UTC().Format("2006-01-02T15:04:05.000Z07:00") + `"`
+				}
+				m = append(m, "event_time", t)
+			case "event":
+				m = append(m, "event", `"`+ev+`"`)
+			case "page":
+				m = append(m, "page", `"`+pages[r.IntN(len(pages))]+`"`)
+			case "extra":
+				if r.IntN(4) == 0 {
+					m = append(m, "ctx", `{"app":"ios","ver":"3.2.1"}`)
+				}
+				if ev == "purchase" {
+					m = append(m, "amount", "42.99")
+				}
+				if r.IntN(25) == 0 {
+					m = append(m, "ref", refs[r.IntN(len(refs))])
+				}
+				if r.IntN(33) == 0 {
+					m = append(m, "session", "null")
+				}
+				if r.IntN(20) == 0 {
+					m = append(m, "tags", `["new", "promo"]`)
+				}
+			}
+		}
+		v := []byte{'{'}
+		for k := 0; k < len(m); k += 2 {
+			if k > 0 {
+				v = append(v, sep...)
+			}
+			v = append(v, `"`+m[k]+`"`+colon+m[k+1]...)
+		}
+		recs[i] = append(v, '}')
+	}
+	return recs
 }
 
 func BenchmarkParseUUID(b *testing.B) {

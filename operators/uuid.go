@@ -5,52 +5,68 @@ type UUID [16]byte
 
 // ParseUUID accepts the canonical form (8-4-4-4-12 hex digits with dashes),
 // the same in upper or mixed case, or 32 hex digits without dashes. All of
-// them denote the same user.
+// them denote the same user. On failure u is the zero UUID.
 func ParseUUID(s []byte) (u UUID, ok bool) {
-	switch len(s) {
-	case 36:
-		if s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
-			return u, false
-		}
-		j := 0
-		for i := 0; i < 36; {
-			if i == 8 || i == 13 || i == 18 || i == 23 {
-				i++
-				continue
-			}
-			hi, lo := unhex(s[i]), unhex(s[i+1])
-			if hi|lo > 15 {
-				return u, false
-			}
-			u[j] = hi<<4 | lo
-			j++
-			i += 2
-		}
-		return u, true
-	case 32:
-		for j := 0; j < 16; j++ {
-			hi, lo := unhex(s[2*j]), unhex(s[2*j+1])
-			if hi|lo > 15 {
-				return u, false
-			}
-			u[j] = hi<<4 | lo
-		}
-		return u, true
-	}
-	return u, false
+	ok = parseUUID(&u, s)
+	return u, ok
 }
 
-func unhex(c byte) byte {
-	switch {
-	case c >= '0' && c <= '9':
-		return c - '0'
-	case c >= 'a' && c <= 'f':
-		return c - 'a' + 10
-	case c >= 'A' && c <= 'F':
-		return c - 'A' + 10
+// parseUUID is ParseUUID writing to *u, which saves Decoder a copy.
+func parseUUID(u *UUID, s []byte) bool {
+	if len(s) != 36 && len(s) != 32 {
+		*u = UUID{}
+		return false
 	}
-	return 255
+	if len(s) == 36 && (s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-') {
+		*u = UUID{}
+		return false
+	}
+	// Every byte of u is decoded unconditionally, with a table lookup per
+	// digit; bad collects the pairs' values or'ed together, so that one
+	// test at the end (a non-digit sets a bit above the low 8) replaces a
+	// branch per digit.
+	var bad uint16
+	pair := func(i int) byte {
+		v := hexVal[s[i]]<<4 | hexVal[s[i+1]]
+		bad |= v
+		return byte(v)
+	}
+	if len(s) == 36 {
+		// Unrolled: constant indexes into s, whose length is known, need
+		// no bounds checks.
+		u[0], u[1], u[2], u[3] = pair(0), pair(2), pair(4), pair(6)
+		u[4], u[5], u[6], u[7] = pair(9), pair(11), pair(14), pair(16)
+		u[8], u[9], u[10], u[11] = pair(19), pair(21), pair(24), pair(26)
+		u[12], u[13], u[14], u[15] = pair(28), pair(30), pair(32), pair(34)
+	} else {
+		for j := range u {
+			u[j] = pair(2 * j)
+		}
+	}
+	if bad > 0xff {
+		*u = UUID{}
+		return false
+	}
+	return true
 }
+
+// hexVal maps a byte to its value as a hex digit, or to 0x100 when it is
+// not one.
+var hexVal = func() (t [256]uint16) {
+	for c := range t {
+		switch {
+		case c >= '0' && c <= '9':
+			t[c] = uint16(c - '0')
+		case c >= 'a' && c <= 'f':
+			t[c] = uint16(c - 'a' + 10)
+		case c >= 'A' && c <= 'F':
+			t[c] = uint16(c - 'A' + 10)
+		default:
+			t[c] = 0x100
+		}
+	}
+	return t
+}()
 
 const hexDigits = "0123456789abcdef"
 
