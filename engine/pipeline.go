@@ -234,6 +234,9 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 			}
 		}
 	}
+	for _, t := range p.tasks {
+		t.store.setCacheBytes(userCacheBytes / len(p.tasks))
+	}
 	p.log.Info("starting", "topic", cfg.Topic, "partitions", len(topic.partitions), "resumed", resumed,
 		"epoch", cp.Epoch, "state_dir", cfg.StateDir)
 	if recovering {
@@ -292,14 +295,14 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 }
 
 func (p *pipeline) newTask(part int32, pc state.PartitionCheckpoint, resumed bool) (*task, error) {
-	r, err := p.db.NewReader()
+	store, err := newTaskStore(p.db)
 	if err != nil {
 		return nil, err
 	}
 	t := &task{
 		partition: part, topic: p.cfg.Topic, dlqTopic: p.cfg.DLQTopic, maxRows: p.cfg.MaxEpochRows,
 		maxBytes: p.cfg.MaxEpochBytes, db: p.db, fatal: p.fatal,
-		store: taskStore{cur: map[operators.UUID]int64{}, prev: map[operators.UUID]int64{}, db: r},
+		store: store,
 		rows:  &sinks.Batch{}, spare: &sinks.Batch{},
 		in: make(chan []*kgo.Record, 8), ctl: make(chan control, 16), full: p.full, limit: -1,
 	}

@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"encoding/binary"
 	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -70,7 +72,8 @@ func TestPerRecordPathDoesNotAllocate(t *testing.T) {
 }
 
 // BenchmarkTaskProcess measures the per-record cost in a task: half the
-// users are known in Pebble, half are new.
+// users are known in Pebble, half are new, and none is in the task's
+// memory (its tables are cleared before each pass).
 func BenchmarkTaskProcess(b *testing.B) {
 	tk, recs := newTestTask(b, 5000)
 	b.ReportAllocs()
@@ -78,7 +81,24 @@ func BenchmarkTaskProcess(b *testing.B) {
 	for i := 0; i < b.N; i += len(recs) {
 		tk.next = 0
 		tk.rows.Reset()
-		clear(tk.store.cur)
+		tk.store.cur.clear()
+		tk.store.young.clear()
+		tk.store.old.clear()
+		tk.process(recs)
+	}
+}
+
+// BenchmarkTaskProcessWarm is the steady state of a task whose users are
+// in its cache: the same records again and again, the epoch's updates
+// dropped after each pass so that half the users are updated again.
+func BenchmarkTaskProcessWarm(b *testing.B) {
+	tk, recs := newTestTask(b, 5000)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i += len(recs) {
+		tk.next = 0
+		tk.rows.Reset()
+		tk.store.cur.clear()
 		tk.process(recs)
 	}
 }
@@ -101,5 +121,140 @@ func TestLogGoingBackIsFatal(t *testing.T) {
 	}
 	if tk.pending == nil {
 		t.Fatal("the task goes on reading after the log went back")
+	}
+}
+
+// TestTaskStoreMatchesModel drives a task's store the way the operator
+// does (a lookup, then an update when the user is new or earlier), with
+// checkpoints in between, and a cache far smaller than the users so that
+// generations rotate and uncommitted updates are evicted. Every lookup must
+// give what the epoch's updates, then the one being committed, then the
+// committed state say.
+func TestTaskStoreMatchesModel(t *testing.T) {
+	db, err := state.Open(t.TempDir(), state.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	r := rand.New(rand.NewPCG(1, 2))
+	users := make([]operators.UUID, 3000)
+	for i := range users {
+		if i > 0 { // users[0] is the all-zero uuid
+			binary.LittleEndian.PutUint64(users[i][:8], r.Uint64())
+			binary.LittleEndian.PutUint64(users[i][8:], r.Uint64())
+		}
+	}
+	committed := map[operators.UUID]int64{} // what the reader's view has
+	var cur, prev map[operators.UUID]int64
+	cur = map[operators.UUID]int64{}
+	var pending *state.Batch
+	for round := 0; round < 6; round++ {
+		// Round 0: a cache larger than all users. Then ever smaller ones,
+		// down to a few dozen entries: epochs larger than the cache.
+		s, err := newTaskStore(db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.db.Close()
+		s.setCacheBytes([]int{1 << 20, 64 << 10, 16 << 10, 4 << 10, 1 << 10, 256}[round] * 24)
+		for op := 0; op < 40_000 || pending != nil || len(cur) > 0; op++ {
+			switch x := r.IntN(1000); {
+			case (x == 0 || op >= 40_000) && pending == nil: // barrier
+				pending = db.NewBatch()
+				s.writeEpoch(pending)
+				prev, cur = cur, map[operators.UUID]int64{}
+			case (x == 1 || op >= 40_000) && pending != nil: // commit
+				if err := db.Commit(state.Header{}, pending); err != nil {
+					t.Fatal(err)
+				}
+				pending.Close()
+				pending = nil
+				for u, v := range prev {
+					if c, ok := committed[u]; !ok || v < c {
+						committed[u] = v
+					}
+				}
+				prev = nil
+				if err := s.committed(); err != nil {
+					t.Fatal(err)
+				}
+			default:
+				u := &users[r.IntN(len(users))]
+				want, wantOK := cur[*u]
+				if !wantOK {
+					want, wantOK = prev[*u]
+				}
+				if !wantOK {
+					want, wantOK = committed[*u]
+				}
+				got, ok := s.Get(u)
+				if ok != wantOK || got != want {
+					t.Fatalf("round %d op %d: Get(%v) = %d %v, want %d %v", round, op, u, got, ok, want, wantOK)
+				}
+				if ts := r.Int64N(1e6); !ok || ts < got {
+					s.Set(u, ts)
+					cur[*u] = ts
+				}
+			}
+		}
+	}
+}
+
+// TestUserTable checks the hash table against a map, through growth, a
+// capped size and clears.
+func TestUserTable(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	var tb userTable
+	m := map[[2]uint64]int64{}
+	for round := 0; round < 3; round++ {
+		for i := 0; i < 20_000; i++ {
+			k := [2]uint64{r.Uint64N(30_000), r.Uint64N(2)} // includes the all-zero key
+			v := r.Int64()
+			h := userHash(k[0], k[1])
+			if r.IntN(2) == 0 {
+				if !tb.put(h, k[0], k[1], v, 0) {
+					t.Fatal("an unlimited table refused a key")
+				}
+				m[k] = v
+			}
+			got, ok := tb.get(h, k[0], k[1])
+			want, wantOK := m[k]
+			if got != want || ok != wantOK {
+				t.Fatalf("get %v = %d %v, want %d %v", k, got, ok, want, wantOK)
+			}
+		}
+		if tb.len() != len(m) {
+			t.Fatalf("len %d, want %d", tb.len(), len(m))
+		}
+		n := 0
+		tb.eachSlot(func(k0, k1 uint64, v int64) {
+			n++
+			if m[[2]uint64{k0, k1}] != v {
+				t.Fatalf("each: %d %d = %d", k0, k1, v)
+			}
+		})
+		if n != len(m) {
+			t.Fatalf("each saw %d of %d", n, len(m))
+		}
+		tb.clear()
+		clear(m)
+	}
+	// A capped table refuses new keys once full, but updates old ones.
+	var c userTable
+	added := 0
+	for i := uint64(1); ; i++ {
+		if !c.put(userHash(i, 0), i, 0, 1, 2048) {
+			break
+		}
+		added++
+	}
+	if len(c.slots) != 2048 || added != 3*2048/4 {
+		t.Fatalf("capped table: %d slots, %d keys", len(c.slots), added)
+	}
+	if !c.put(userHash(1, 0), 1, 0, 5, 2048) {
+		t.Fatal("a full table refused an update of a key it holds")
+	}
+	if v, _ := c.get(userHash(1, 0), 1, 0); v != 5 {
+		t.Fatalf("updated value %d", v)
 	}
 }

@@ -31,7 +31,6 @@ import (
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
 	"github.com/cockroachdb/pebble/v2/sstable"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -335,6 +334,9 @@ func (l *Loader) Finish(ctx context.Context) (LoadStats, error) {
 	if len(paths) == 0 {
 		return stats, nil
 	}
+	// Readers of this DB must not trust a filter that lacks the loaded
+	// users.
+	l.db.dropUserFilter()
 	// The ingest is one atomic step; it is not interrupted half-way.
 	if err := l.db.db.Ingest(context.WithoutCancel(ctx), paths); err != nil {
 		return stats, fmt.Errorf("state: ingest %d SSTs: %w", len(paths), err)
@@ -348,10 +350,7 @@ func (l *Loader) Finish(ctx context.Context) (LoadStats, error) {
 // state's format major version accepts.
 func (d *DB) sstWriterOptions() sstable.WriterOptions {
 	opts := &pebble.Options{Merger: minMerger, FormatMajorVersion: formatMajorVersion}
-	for i := range opts.Levels {
-		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
-		opts.Levels[i].BlockSize = 32 << 10
-	}
+	setTableOptions(opts)
 	opts.EnsureDefaults()
 	last := len(opts.Levels) - 1
 	return opts.MakeWriterOptions(last, d.db.FormatMajorVersion().MaxTableFormat())
