@@ -32,10 +32,15 @@ type Config struct {
 	// when it has buffered this many rows (default 200,000). It bounds memory
 	// when the sink is slow.
 	MaxEpochRows int
-	// MaxEpochBytes bounds the same buffers by size (default 64 MiB per
-	// partition), so that large payloads or a flood of dead letters cannot
-	// exhaust memory either.
-	MaxEpochBytes int
+	// BufferBytes bounds the rows and dead letters buffered for the next
+	// checkpoint, over all partitions together (default 32 MiB); each
+	// partition gets an equal share and, when its share is full, stops
+	// reading and asks for a checkpoint. The rows of the checkpoint being
+	// written are held beside the next epoch's, so buffers take at most
+	// twice this. It bounds memory whatever the throughput, the payload
+	// sizes or the sink's speed: at high throughput checkpoints come sooner
+	// than CheckpointInterval.
+	BufferBytes int
 	// UntilCaughtUp makes Run return after processing everything that was in
 	// the topic when it started.
 	UntilCaughtUp bool
@@ -73,8 +78,8 @@ func (c *Config) setDefaults() {
 	if c.MaxEpochRows <= 0 {
 		c.MaxEpochRows = 200_000
 	}
-	if c.MaxEpochBytes <= 0 {
-		c.MaxEpochBytes = 64 << 20
+	if c.BufferBytes <= 0 {
+		c.BufferBytes = DefaultBufferBytes
 	}
 	c.Operator = c.Operator.WithDefaults()
 	if c.ShutdownTimeout <= 0 {
@@ -93,6 +98,17 @@ func (c *Config) setDefaults() {
 		c.Now = time.Now
 	}
 }
+
+// DefaultBufferBytes is the default of Config.BufferBytes. 32 MiB are
+// 150,000-250,000 rows of typical activity logs: at a few hundred thousand
+// records a second a checkpoint every second or so, large INSERTs for
+// ClickHouse, and a process that stays within a few hundred MiB (see
+// docs/performance.md).
+const DefaultBufferBytes = 32 << 20
+
+// minTaskBufferBytes is the least buffer a partition gets, however many
+// partitions share Config.BufferBytes.
+const minTaskBufferBytes = 1 << 20
 
 // TestingKnobs are hooks that let tests put a run in states that are
 // otherwise a matter of timing.
@@ -236,6 +252,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	}
 	for _, t := range p.tasks {
 		t.store.setCacheBytes(userCacheBytes / len(p.tasks))
+		t.maxBytes = max(p.cfg.BufferBytes/len(p.tasks), minTaskBufferBytes)
 	}
 	p.log.Info("starting", "topic", cfg.Topic, "partitions", len(topic.partitions), "resumed", resumed,
 		"epoch", cp.Epoch, "state_dir", cfg.StateDir)
@@ -301,7 +318,7 @@ func (p *pipeline) newTask(part int32, pc state.PartitionCheckpoint, resumed boo
 	}
 	t := &task{
 		partition: part, topic: p.cfg.Topic, dlqTopic: p.cfg.DLQTopic, maxRows: p.cfg.MaxEpochRows,
-		maxBytes: p.cfg.MaxEpochBytes, db: p.db, fatal: p.fatal,
+		db: p.db, fatal: p.fatal,
 		store: store,
 		rows:  &sinks.Batch{}, spare: &sinks.Batch{},
 		in: make(chan []*kgo.Record, 8), ctl: make(chan control, 16), full: p.full, limit: -1,

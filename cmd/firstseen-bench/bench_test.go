@@ -45,7 +45,7 @@ func TestBenchSmoke(t *testing.T) {
 	var suffix [4]byte
 	rand.Read(suffix[:])
 	o := options{firstseen: bin, runs: 1, phases: allPhases, users: 3000, recordsPerUser: 5, days: 2, partitions: 2,
-		seed: 7, chAddr: addr, chDatabase: "bench_test_" + hex.EncodeToString(suffix[:]), redisServer: "redis-server",
+		seed: 7, chAddr: addr, chDatabase: "bench_test_" + hex.EncodeToString(suffix[:]), chCompression: "none", redisServer: "redis-server",
 		checkpointInterval: 500 * time.Millisecond, latencyInterval: 300 * time.Millisecond,
 		latencySeconds: 3 * time.Second, scaleUsers: 20_000, out: filepath.Join(dir, "out"), workDir: filepath.Join(dir, "work")}
 	if err := o.validate(); err != nil {

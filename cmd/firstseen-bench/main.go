@@ -53,6 +53,7 @@ type options struct {
 	seed               int64
 	chAddr             string
 	chDatabase         string
+	chCompression      string
 	redisServer        string
 	checkpointInterval time.Duration
 	latencyInterval    time.Duration
@@ -117,6 +118,7 @@ results.md, throughput.png and latency.png in --out.`,
 	fs.Int64Var(&o.seed, "seed", 1, "workload seed")
 	fs.StringVar(&o.chAddr, "clickhouse-addr", "localhost:9000", "ClickHouse native-protocol address")
 	fs.StringVar(&o.chDatabase, "clickhouse-database", "firstseen_bench", "ClickHouse database of the benchmark's tables (created; its bench_* tables are emptied)")
+	fs.StringVar(&o.chCompression, "clickhouse-compression", "none", "compression of both designs' INSERTs: none (ClickHouse is on this host) or lz4 (firstseen's default, for a network)")
 	fs.StringVar(&o.redisServer, "redis-server", "redis-server", "the redis-server binary (Debian package redis-server)")
 	fs.DurationVar(&o.checkpointInterval, "checkpoint-interval", 5*time.Second, "firstseen's --checkpoint-interval, and how often the Redis design writes to ClickHouse")
 	fs.DurationVar(&o.latencyInterval, "latency-checkpoint-interval", time.Second, "firstseen's --checkpoint-interval in the latency phase: rows become visible at checkpoints, so it bounds latency")
@@ -133,6 +135,9 @@ func (o *options) validate() error {
 	var problems []string
 	if _, err := os.Stat(o.firstseen); err != nil {
 		problems = append(problems, fmt.Sprintf("--firstseen %s: %v (build it with 'make build')", o.firstseen, err))
+	}
+	if o.chCompression != "none" && o.chCompression != "lz4" {
+		problems = append(problems, fmt.Sprintf("--clickhouse-compression %q: want none or lz4", o.chCompression))
 	}
 	if o.runs < 1 {
 		problems = append(problems, "--runs must be at least 1")
@@ -283,6 +288,7 @@ func (b *bench) startServices(ctx context.Context) (stop func(), err error) {
 func (b *bench) runArgs(topic, table, dir string, interval time.Duration) []string {
 	return []string{"run", "--brokers", b.brokers[0], "--topic", topic, "--group", filepath.Base(dir),
 		"--state-dir", dir, "--clickhouse-addr", b.o.chAddr, "--clickhouse-database", b.o.chDatabase, "--clickhouse-table", table,
+		"--clickhouse-compression", b.o.chCompression,
 		"--checkpoint-interval", interval.String(), "--log-format", "json", "--log-level", "debug"}
 }
 

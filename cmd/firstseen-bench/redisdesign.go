@@ -28,8 +28,10 @@ type redisDesignOptions struct {
 	redisAddr            string
 	chAddr, chDatabase   string
 	chTable              string
+	chCompression        string
 	flushInterval        time.Duration
 	flushRows            int
+	flushBytes           int
 	uuidField, timeField string
 	timezone             string
 }
@@ -41,8 +43,9 @@ type redisDesignOptions struct {
 // time (the earlier of stored and this record's) falls on the record's
 // day. There are no watermarks: a record is decided when it is read. Rows
 // go to ClickHouse through firstseen's own sink, in batches as large as
-// firstseen's, and the run ends when it has read what the topic held at
-// start. Malformed records are skipped.
+// firstseen's (by default 32 MiB, as its --buffer-mib), and the run ends
+// when it has read what the topic held at start. Malformed records are
+// skipped.
 func newRedisDesignCmd() *cobra.Command {
 	var o redisDesignOptions
 	cmd := &cobra.Command{
@@ -61,8 +64,10 @@ func newRedisDesignCmd() *cobra.Command {
 	fs.StringVar(&o.chAddr, "clickhouse-addr", "localhost:9000", "ClickHouse native address")
 	fs.StringVar(&o.chDatabase, "clickhouse-database", "default", "ClickHouse database")
 	fs.StringVar(&o.chTable, "clickhouse-table", "bench_redis", "ClickHouse table")
+	fs.StringVar(&o.chCompression, "clickhouse-compression", "lz4", "compression of INSERTs: lz4 or none")
 	fs.DurationVar(&o.flushInterval, "flush-interval", 5*time.Second, "write rows to ClickHouse at least this often")
 	fs.IntVar(&o.flushRows, "flush-rows", 800_000, "write rows to ClickHouse when this many are buffered")
+	fs.IntVar(&o.flushBytes, "flush-bytes", 32<<20, "write rows to ClickHouse when they take this many bytes (firstseen's default --buffer-mib)")
 	fs.StringVar(&o.uuidField, "uuid-field", "uuid", "JSON member of the uuid")
 	fs.StringVar(&o.timeField, "time-field", "event_time", "JSON member of the event time")
 	fs.StringVar(&o.timezone, "timezone", "UTC", "time zone of calendar days")
@@ -91,7 +96,8 @@ func runRedisDesign(ctx context.Context, o redisDesignOptions) error {
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("redis at %s: %w", o.redisAddr, err)
 	}
-	sink, err := clickhouse.Open(ctx, clickhouse.Config{Addr: []string{o.chAddr}, Database: o.chDatabase, Table: o.chTable})
+	sink, err := clickhouse.Open(ctx, clickhouse.Config{Addr: []string{o.chAddr}, Database: o.chDatabase, Table: o.chTable,
+		Compression: clickhouse.Compression(o.chCompression)})
 	if err != nil {
 		return err
 	}
@@ -207,7 +213,7 @@ func runRedisDesign(ctx context.Context, o redisDesignOptions) error {
 				return fmt.Errorf("redis HSET pipeline: %w", err)
 			}
 		}
-		if batch.Len() >= o.flushRows || time.Since(lastFlush) >= o.flushInterval {
+		if batch.Len() >= o.flushRows || batch.Bytes() >= o.flushBytes || time.Since(lastFlush) >= o.flushInterval {
 			if err := flush(); err != nil {
 				return err
 			}
@@ -251,6 +257,7 @@ func (b *bench) runRedis(ctx context.Context, run int) (redisResult, error) {
 	before := b.services()
 	c, err := startChild("redis design", log, nil, self, "redis-design", "--brokers", b.brokers[0], "--topic", b.topic,
 		"--redis-addr", b.redis, "--clickhouse-addr", b.o.chAddr, "--clickhouse-database", b.o.chDatabase, "--clickhouse-table", "bench_redis",
+		"--clickhouse-compression", b.o.chCompression,
 		"--flush-interval", b.o.checkpointInterval.String(), "--flush-rows", itoa(200_000*b.o.partitions))
 	if err != nil {
 		return res, err

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -76,6 +77,8 @@ type pipelineFlags struct {
 	logLevel           string
 	logFormat          string
 	cpuProfile         string
+	bufferMiB          int
+	memoryLimitMiB     int
 }
 
 // addKafka registers the Kafka flags. Every command that touches the topic
@@ -116,6 +119,30 @@ func (f *pipelineFlags) addClickHouse(fs *pflag.FlagSet, table string) {
 func (f *pipelineFlags) addLogging(fs *pflag.FlagSet) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, json otherwise)")
+}
+
+// addMemory registers the memory flags of run.
+func (f *pipelineFlags) addMemory(fs *pflag.FlagSet) {
+	fs.IntVar(&f.bufferMiB, "buffer-mib", engine.DefaultBufferBytes>>20, "MiB of rows buffered for the next checkpoint, over all partitions; when full, the checkpoint comes early")
+	fs.IntVar(&f.memoryLimitMiB, "memory-limit-mib", defaultMemoryLimitMiB, "soft limit of the Go heap in MiB (the GC works harder near it; 0: none); the environment variable GOMEMLIMIT takes precedence")
+}
+
+// defaultMemoryLimitMiB keeps a processor with default settings under 512
+// MiB of RSS (see docs/performance.md): buffers, user caches and filter,
+// Kafka fetches and Pebble's cache and memtables live in about 300 MiB;
+// without a limit the GC lets the heap grow to twice that.
+const defaultMemoryLimitMiB = 400
+
+// applyMemoryLimit sets the Go heap's soft limit from --memory-limit-mib
+// unless GOMEMLIMIT is set.
+func (f *pipelineFlags) applyMemoryLimit() error {
+	if f.memoryLimitMiB < 0 {
+		return usageError{fmt.Errorf("--memory-limit-mib %d must be 0 (none) or above", f.memoryLimitMiB)}
+	}
+	if f.memoryLimitMiB > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(int64(f.memoryLimitMiB) << 20)
+	}
+	return nil
 }
 
 // addProfiling registers --cpu-profile, for the commands whose work
@@ -246,7 +273,7 @@ func (f *pipelineFlags) logger() (*slog.Logger, error) {
 func (f *pipelineFlags) engineConfig(op operators.Config, log *slog.Logger) engine.Config {
 	return engine.Config{
 		Brokers: f.brokers, Topic: f.topic, Group: f.group, DLQTopic: f.dlqTopic, StateDir: f.stateDir,
-		Operator: op, CheckpointInterval: f.checkpointInterval,
+		Operator: op, CheckpointInterval: f.checkpointInterval, BufferBytes: f.bufferMiB << 20,
 		ShutdownTimeout: f.shutdownTimeout, Logger: log,
 	}
 }

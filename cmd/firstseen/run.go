@@ -66,6 +66,12 @@ safe: the next start replays from the last checkpoint.`,
 			if err != nil {
 				return err
 			}
+			if f.bufferMiB < 1 {
+				return usageError{fmt.Errorf("--buffer-mib %d must be at least 1", f.bufferMiB)}
+			}
+			if err := f.applyMemoryLimit(); err != nil {
+				return err
+			}
 			log, ctx, stop, err := f.logAndSignals()
 			if err != nil {
 				return err
@@ -120,6 +126,7 @@ safe: the next start replays from the last checkpoint.`,
 	fs.DurationVar(&snapshotInterval, "snapshot-interval", time.Minute, "how often a snapshot of the state is published for 'firstseen state' to read while this runs (0: never)")
 	fs.StringVar(&sinkKind, "sink", "clickhouse", "where rows go: clickhouse, or file (JSON Lines at --sink-path)")
 	fs.StringVar(&sinkPath, "sink-path", "", "with --sink file: the JSON Lines file rows are appended to")
+	f.addMemory(fs)
 	f.addLogging(fs)
 	f.addProfiling(fs)
 	return cmd
