@@ -48,8 +48,9 @@ type snapshot struct {
 // BenchmarkReaderGetBulk), a probe of these tables tens of nanoseconds, and
 // a user's records come back many times while it is active: a task whose
 // users are cached spends 0.21 µs a record, decoding included, against
-// 0.75 µs when they are not, half of them new (BenchmarkTaskProcessWarm,
-// BenchmarkTaskProcess; 1.55 µs with the Go maps and no cache before). It holds committed values read from Pebble and the task's own
+// 0.75 µs when they are not, half of them new (BenchmarkTaskProcess/warm
+// and /cold; 1.55 µs with the Go maps and no cache before). It holds
+// committed values read from Pebble and the task's own
 // updates, which are never higher than the committed value: first_seen only
 // moves earlier, and only this task writes its partition's users. A value in
 // the cache is therefore the one a fresh Pebble view would give, as long as
