@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -21,7 +22,7 @@ import (
 type usage struct {
 	Wall   time.Duration
 	CPU    time.Duration // user + system
-	MaxRSS int64         // bytes
+	MaxRSS int64         // bytes: the highest VmHWM seen (see watchPeakRSS)
 }
 
 // logLine is the part of a firstseen JSON log line the benchmark reads.
@@ -59,6 +60,7 @@ func startChild(name, logPath string, onLine func(logLine), bin string, args ...
 		logf.Close()
 		return nil, fmt.Errorf("start %s (%s): %w", name, bin, err)
 	}
+	peak := watchPeakRSS(cmd.Process.Pid, c.done)
 	var scanned sync.WaitGroup
 	scanned.Add(1)
 	go func() {
@@ -86,14 +88,52 @@ func startChild(name, logPath string, onLine func(logLine), bin string, args ...
 		logf.Close()
 		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 			c.usage.CPU = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-			c.usage.MaxRSS = ru.Maxrss << 10 // Linux reports KiB
 		}
+		c.usage.MaxRSS = peak.Load()
 		if c.err != nil {
 			c.err = fmt.Errorf("%s exited: %w (its log: %s)", name, c.err, logPath)
 		}
 		close(c.done)
 	}()
 	return c, nil
+}
+
+// watchPeakRSS follows the child's peak RSS, VmHWM in /proc/PID/status,
+// until done is closed. The kernel's rusage ru_maxrss cannot be used: a
+// child started by this (large) process inherits its high-water mark
+// through fork and exec. VmHWM belongs to the child's own address space,
+// and only ever grows, so sampling it every 20 ms misses at most the growth
+// of the last 20 ms.
+func watchPeakRSS(pid int, done <-chan struct{}) *atomic.Int64 {
+	var peak atomic.Int64
+	path := fmt.Sprintf("/proc/%d/status", pid)
+	sample := func() {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+				kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+				if err == nil && kb<<10 > peak.Load() {
+					peak.Store(kb << 10)
+				}
+			}
+		}
+	}
+	go func() {
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				sample()
+			}
+		}
+	}()
+	return &peak
 }
 
 // wait waits for the child to exit, for at most timeout.
