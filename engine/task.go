@@ -104,14 +104,9 @@ func (s *taskStore) setCacheBytes(n int) {
 func (s *taskStore) Get(u *operators.UUID) (int64, bool) {
 	k0, k1 := binary.LittleEndian.Uint64(u[:8]), binary.LittleEndian.Uint64(u[8:])
 	h := userHash(k0, k1)
-	if v, ok := s.young.get(h, k0, k1); ok {
-		return v, true
-	}
-	if v, ok := s.old.get(h, k0, k1); ok {
-		s.remember(h, k0, k1, v)
-		return v, true
-	}
 	if s.dirtyEvicted > 0 {
+		// Uncommitted updates that did not fit in the cache: they are
+		// the newest values, so they come first.
 		if v, ok := s.cur.get(h, k0, k1); ok {
 			s.remember(h, k0, k1, v)
 			return v, true
@@ -120,6 +115,13 @@ func (s *taskStore) Get(u *operators.UUID) (int64, bool) {
 			s.remember(h, k0, k1, v)
 			return v, true
 		}
+	}
+	if v, ok := s.young.get(h, k0, k1); ok {
+		return v, true
+	}
+	if v, ok := s.old.get(h, k0, k1); ok {
+		s.remember(h, k0, k1, v)
+		return v, true
 	}
 	v, ok := s.db.Get(u)
 	if ok {
@@ -149,16 +151,20 @@ func (s *taskStore) remember(h, k0, k1 uint64, v int64) {
 	// than the cache) must lookups search cur and prev until those epochs
 	// are committed.
 	fits := true
-	for _, t := range [2]*userTable{&s.prev, &s.cur} {
+	for _, t := range [2]*userTable{&s.prev, &s.cur} { // cur last: its values are newer
 		t.eachSlot(func(k0, k1 uint64, v int64) {
 			fits = fits && s.young.put(userHash(k0, k1), k0, k1, v, s.cacheSlots)
 		})
 	}
-	if !fits {
+	if !fits || !s.young.put(h, k0, k1, v, s.cacheSlots) {
+		// The two epochs do not fit. young may now hold a value of prev
+		// that cur supersedes, and old values that cur supersedes: drop
+		// the whole cache rather than keep a stale first_seen, and search
+		// cur and prev first until both epochs are committed. What the
+		// cache holds from here on was read through cur and prev, or set.
+		s.young.clear()
+		s.old.clear()
 		s.dirtyEvicted = 2
-	}
-	if !s.young.put(h, k0, k1, v, s.cacheSlots) {
-		s.dirtyEvicted = 2 // v is in cur (a Set) or committed (a read)
 	}
 }
 

@@ -195,6 +195,73 @@ func TestTaskStoreMatchesModel(t *testing.T) {
 	}
 }
 
+// TestTaskStoreEpochsLargerThanCache: two epochs in flight that together
+// exceed the cache, the second lowering every user's first_seen, must read
+// and commit the second epoch's values (a cache rotation once kept the
+// first epoch's value, which the operator then wrote back over the lower).
+func TestTaskStoreEpochsLargerThanCache(t *testing.T) {
+	db, err := state.Open(t.TempDir(), state.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	s, err := newTaskStore(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.db.Close()
+	s.setCacheBytes(0) // the smallest cache: 16 slots a generation
+	users := make([]operators.UUID, 20)
+	for i := range users {
+		users[i][0], users[i][15] = byte(i+1), 0xee
+	}
+	for i := range users {
+		s.Set(&users[i], 1000)
+	}
+	first := db.NewBatch()
+	defer first.Close()
+	s.writeEpoch(first) // epoch e handed to the checkpoint, not committed yet
+	for i := range users {
+		s.Set(&users[i], 500)
+	}
+	check := func(when string) {
+		t.Helper()
+		for i := range users {
+			if got, ok := s.Get(&users[i]); !ok || got != 500 {
+				t.Fatalf("%s: Get(user %d) = %d %v, want 500", when, i, got, ok)
+			}
+		}
+	}
+	check("both epochs in flight")
+	if err := db.Commit(state.Header{}, first); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.committed(); err != nil {
+		t.Fatal(err)
+	}
+	check("first epoch committed")
+	second := db.NewBatch()
+	defer second.Close()
+	s.writeEpoch(second)
+	if err := db.Commit(state.Header{Epoch: 1}, second); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.committed(); err != nil {
+		t.Fatal(err)
+	}
+	check("both committed")
+	r, err := db.NewReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for i := range users {
+		if got, ok := r.Get(&users[i]); !ok || got != 500 {
+			t.Fatalf("state holds %d %v for user %d, want 500", got, ok, i)
+		}
+	}
+}
+
 // TestUserTable checks the hash table against a map, through growth, a
 // capped size and clears.
 func TestUserTable(t *testing.T) {
