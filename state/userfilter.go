@@ -228,6 +228,9 @@ func (d *DB) EnableUserFilter() {
 		if err != nil {
 			d.filterErr = err
 			d.filterW.Store(nil)
+			if ctx.Err() == nil && d.log != nil {
+				d.log.Warn("building the in-memory user filter failed; new users are looked up in Pebble, which is slower", "err", err)
+			}
 			return
 		}
 		if d.filterW.Load() != f {
