@@ -186,7 +186,14 @@ func TestTaskStoreMatchesModel(t *testing.T) {
 				if ok != wantOK || got != want {
 					t.Fatalf("round %d op %d: Get(%v) = %d %v, want %d %v", round, op, u, got, ok, want, wantOK)
 				}
-				if ts := r.Int64N(1e6); !ok || ts < got {
+				// A new user, or an earlier time: half the time a random one,
+				// half the time just below the known one, so that users are
+				// updated again and again, in both epochs in flight.
+				ts := r.Int64N(1e6)
+				if ok && r.IntN(2) == 0 {
+					ts = got - 1
+				}
+				if !ok || ts < got {
 					s.Set(u, ts)
 					cur[*u] = ts
 				}
