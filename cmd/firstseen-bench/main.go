@@ -221,7 +221,7 @@ func runBench(ctx context.Context, out io.Writer, o options) error {
 	fmt.Fprintf(out, "workload: %d records (%d rows, %d users) over %d days from %s, generated with its oracle in %s\n",
 		len(b.recs), b.exp.rows, b.exp.users, o.days, b.start.Format("2006-01-02"), time.Since(began).Round(time.Millisecond))
 	began = time.Now()
-	if err := produceAll(ctx, b.brokers, b.topic, b.recs); err != nil {
+	if err := workload.Produce(ctx, b.brokers, b.topic, b.recs); err != nil {
 		return fmt.Errorf("produce the workload: %w", err)
 	}
 	fmt.Fprintf(out, "produced to %s in %s\n", b.brokers[0], time.Since(began).Round(time.Millisecond))

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/firstseen/firstseen/engine/workload"
 	"github.com/firstseen/firstseen/operators"
 )
 
@@ -104,7 +105,7 @@ func (b *bench) runScale(ctx context.Context, run int) (scaleResult, error) {
 		return res, fmt.Errorf("create %s: %w", topic, err)
 	}
 	half := len(b.recs) / 2
-	if err := produceAll(ctx, b.brokers, topic, b.recs[:half]); err != nil {
+	if err := workload.Produce(ctx, b.brokers, topic, b.recs[:half]); err != nil {
 		return res, err
 	}
 	args := append(b.runArgs(topic, "bench_scale", dir, b.o.checkpointInterval), "--until-caught-up")
@@ -116,7 +117,7 @@ func (b *bench) runScale(ctx context.Context, run int) (scaleResult, error) {
 	if err != nil {
 		return res, err
 	}
-	if err := produceAll(ctx, b.brokers, topic, b.recs[half:]); err != nil {
+	if err := workload.Produce(ctx, b.brokers, topic, b.recs[half:]); err != nil {
 		return res, err
 	}
 	second := newCommitLog()

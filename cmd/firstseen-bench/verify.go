@@ -1,10 +1,8 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -137,38 +135,6 @@ func (b *bench) openTable(ctx context.Context, table string) (*clickhouse.Sink, 
 		return nil, fmt.Errorf("empty %s: %w", s.Table(), err)
 	}
 	return s, nil
-}
-
-// produceAll writes recs to topic, each to its partition, as fast as the
-// broker takes them.
-func produceAll(ctx context.Context, brokers []string, topic string, recs []workload.Record) error {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()),
-		kgo.ProducerLinger(5*time.Millisecond), kgo.MaxBufferedRecords(100_000))
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	var (
-		mu       sync.Mutex
-		firstErr error
-	)
-	for i := range recs {
-		r := &recs[i]
-		cl.Produce(ctx, &kgo.Record{Topic: topic, Partition: r.Partition, Key: r.Key, Value: r.Value, Timestamp: r.Timestamp},
-			func(_ *kgo.Record, err error) {
-				if err != nil {
-					mu.Lock()
-					firstErr = cmp.Or(firstErr, err)
-					mu.Unlock()
-				}
-			})
-	}
-	if err := cl.Flush(ctx); err != nil {
-		return err
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	return firstErr
 }
 
 // createTopic creates topic with the given partitions.

@@ -116,7 +116,7 @@ func runDemo(ctx context.Context, out io.Writer, f *pipelineFlags, op operators.
 	}
 	fmt.Fprintf(out, "generated %d records of %d users over %d days from %s; producing to the in-process broker at %s\n",
 		len(recs), o.users, o.days, start.Format("2006-01-02"), broker.ListenAddrs()[0])
-	if err := produce(ctx, broker.ListenAddrs(), topic, recs); err != nil {
+	if err := workload.Produce(ctx, broker.ListenAddrs(), topic, recs); err != nil {
 		return err
 	}
 
@@ -168,28 +168,6 @@ func runDemo(ctx context.Context, out io.Writer, f *pipelineFlags, op operators.
 		return err
 	}
 	printDays(out, days, st)
-	return nil
-}
-
-// produce writes the workload to the topic, each record to its partition.
-func produce(ctx context.Context, brokers []string, topic string, recs []workload.Record) error {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()),
-		kgo.ProducerLinger(5*time.Millisecond))
-	if err != nil {
-		return err
-	}
-	defer cl.Close()
-	batch := make([]*kgo.Record, 0, 10_000)
-	for i := range recs {
-		r := &recs[i]
-		batch = append(batch, &kgo.Record{Topic: topic, Partition: r.Partition, Key: r.Key, Value: r.Value, Timestamp: r.Timestamp})
-		if len(batch) == cap(batch) || i == len(recs)-1 {
-			if err := cl.ProduceSync(ctx, batch...).FirstErr(); err != nil {
-				return fmt.Errorf("produce the workload: %w", err)
-			}
-			batch = batch[:0]
-		}
-	}
 	return nil
 }
 

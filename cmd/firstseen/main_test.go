@@ -93,7 +93,7 @@ func TestRunFromEnvironmentIntoFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := produce(context.Background(), broker.ListenAddrs(), "logs", recs); err != nil {
+	if err := workload.Produce(context.Background(), broker.ListenAddrs(), "logs", recs); err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()

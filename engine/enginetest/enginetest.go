@@ -35,17 +35,7 @@ func StartBroker(t testing.TB, topic string, partitions int) *kfake.Cluster {
 // Produce writes recs to topic in order, each to its partition.
 func Produce(t testing.TB, brokers []string, topic string, recs []workload.Record) {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	out := make([]*kgo.Record, len(recs))
-	for i := range recs {
-		r := &recs[i]
-		out[i] = &kgo.Record{Topic: topic, Partition: r.Partition, Key: r.Key, Value: r.Value, Timestamp: r.Timestamp}
-	}
-	if err := cl.ProduceSync(context.Background(), out...).FirstErr(); err != nil {
+	if err := workload.Produce(context.Background(), brokers, topic, recs); err != nil {
 		t.Fatal(err)
 	}
 }
