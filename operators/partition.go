@@ -1,4 +1,4 @@
-package workload
+package operators
 
 // murmur2 is the 32-bit MurmurHash2 of b as the Apache Kafka Java client
 // computes it for key partitioning (Utils.murmur2): seed 0x9747b28c, the
@@ -46,7 +46,19 @@ func murmur2(b []byte) uint32 {
 // positive.
 func Partition(key []byte, partitions int) int32 {
 	if partitions <= 0 {
-		panic("workload: Partition with a non-positive number of partitions")
+		panic("operators: Partition with a non-positive number of partitions")
 	}
 	return int32(int64(murmur2(key)&0x7fffffff) % int64(partitions))
+}
+
+// PartitionOf is the partition of u's records when they are keyed by its
+// canonical form (lower-case, dashed), as `firstseen produce` and the
+// repartitioner key them: Partition of those 36 bytes. It does not allocate.
+// Every record of a user is on this partition exactly when producers key by
+// the canonical uuid; firstseen keeps each partition's users apart, so a
+// record elsewhere is one whose user's state may be split (see
+// docs/scaling.md).
+func PartitionOf(u *UUID, partitions int) int32 {
+	var buf [36]byte
+	return Partition(u.AppendCanonical(buf[:0]), partitions)
 }
