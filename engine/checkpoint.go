@@ -6,23 +6,23 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
+	"sync"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/firstseen/firstseen/state"
 )
 
 // checkpoint takes one checkpoint; see the package documentation and
-// docs/checkpoints.md. retry says the epoch is the replay of one that a
-// crashed run may have partly written.
+// docs/checkpoints.md.
 //
 // A failed checkpoint ends the run: the tasks have moved on from the
 // handed-over epoch, so the next start must replay it from the last
 // committed checkpoint.
-func (p *pipeline) checkpoint(ctx context.Context, retry bool) error {
+func (p *pipeline) checkpoint(ctx context.Context) error {
 	began := time.Now()
 	epoch := p.header.Epoch + 1
 	reply := make(chan *snapshot, len(p.tasks))
@@ -31,14 +31,21 @@ func (p *pipeline) checkpoint(ctx context.Context, retry bool) error {
 	}
 	snaps := make([]*snapshot, 0, len(p.tasks))
 	for range p.tasks {
-		snaps = append(snaps, <-reply)
+		if s := <-reply; s != nil {
+			snaps = append(snaps, s)
+		}
 	}
 	sort.Slice(snaps, func(i, j int) bool { return snaps[i].partition < snaps[j].partition })
+	next := map[int32]int64{} // changelog ends after this checkpoint
 	defer func() {
 		p.out.Reset() // lets go of the tasks' row buffers before they get them back
 		for _, s := range snaps {
 			s.batch.Close()
-			s.task.ctl <- control{committed: s.rows}
+			cn := s.changelogNext
+			if n, ok := next[s.partition]; ok {
+				cn = n
+			}
+			s.task.ctl <- control{committed: &committed{rows: s.rows, changelogNext: cn}}
 		}
 		select { // a partition that filled up during this checkpoint asked for it
 		case <-p.full:
@@ -48,38 +55,57 @@ func (p *pipeline) checkpoint(ctx context.Context, retry bool) error {
 
 	// The sink reads the tasks' row buffers in partition order, not a copy.
 	p.out.Reset()
-	p.out.Epoch, p.out.Retry = epoch, retry
-	var dead []*kgo.Record
-	batches := make([]*state.Batch, 0, len(snaps))
+	p.out.Epoch, p.out.Writer = epoch, p.writer
+	var dead, unsureDead []*kgo.Record
+	var unsureEnds map[int32]int64
 	for _, s := range snaps {
 		p.out.Join(s.rows)
-		dead = append(dead, s.dead...)
-		batches = append(batches, s.batch)
+		if s.unsure == nil {
+			dead = append(dead, s.dead...)
+			continue
+		}
+		p.out.Retry = true
+		p.out.Unsure = append(p.out.Unsure, *s.unsure)
+		unsureDead = append(unsureDead, s.dead...)
+		if unsureEnds == nil {
+			unsureEnds = map[int32]int64{}
+		}
+		for part, off := range s.deadLetterEnds {
+			if cur, ok := unsureEnds[part]; !ok || off < cur {
+				unsureEnds[part] = off
+			}
+		}
 	}
 	fail := func(err error) error {
-		return fmt.Errorf("checkpoint %d not taken, the next start replays from checkpoint %d: %w", epoch, p.header.Epoch, err)
+		return fmt.Errorf("checkpoint %d not taken, the next start replays from the last one: %w", epoch, err)
 	}
-	output := p.out.Len() > 0 || len(dead) > 0
+	output := p.out.Len() > 0 || len(dead) > 0 || len(unsureDead) > 0
 	if output {
-		// The intent makes a crash from here on recoverable without
-		// duplicates: it names the input this epoch covers, and where its
-		// dead letters will start.
-		in := state.Intent{Epoch: epoch, Partitions: make(map[int32]state.IntentPartition, len(snaps))}
-		for _, s := range snaps {
-			in.Partitions[s.partition] = state.IntentPartition{Next: s.next, Advances: s.advances}
-		}
-		switch {
-		case retry:
-			in.DeadLetterEnds = p.recoveredDeadLetterEnds
-		case len(dead) > 0:
-			ends, err := listOffsets(ctx, p.adm.ListEndOffsets, p.cfg.DLQTopic)
-			if err != nil {
+		// The intents make a crash from here on recoverable without
+		// duplicates, by this process or by the next owner of a partition:
+		// each names the input the epoch covers, and where its dead
+		// letters will start.
+		var ends map[int32]int64
+		if len(dead) > 0 {
+			var err error
+			if ends, err = listOffsets(ctx, p.adm.ListEndOffsets, p.cfg.DLQTopic); err != nil {
 				return fail(fmt.Errorf("list the end offsets of dead-letter topic %q: %w", p.cfg.DLQTopic, err))
 			}
-			in.DeadLetterEnds = ends
 		}
-		if err := p.db.WriteIntent(&in); err != nil {
-			return fail(fmt.Errorf("write the intent to %s: %w", p.cfg.StateDir, err))
+		for _, s := range snaps {
+			if s.rows.Len() == 0 && len(s.dead) == 0 {
+				continue
+			}
+			in := state.Intent{Epoch: epoch, Writer: p.writer, DeadLetterEnds: ends,
+				Partitions: map[int32]state.IntentPartition{s.partition: {Next: s.next, Advances: s.advances}}}
+			if s.unsure != nil {
+				in.DeadLetterEnds = s.deadLetterEnds // where the first attempt's dead letters may start
+			}
+			k, v := state.EncodeChangelogIntent(&in)
+			p.clog.add(s.partition, k, v)
+		}
+		if _, err := p.clog.write(ctx); err != nil {
+			return fail(fmt.Errorf("write the intents: %w", err))
 		}
 	}
 	if err := p.crashPoint("before sink write", output); err != nil {
@@ -91,18 +117,16 @@ func (p *pipeline) checkpoint(ctx context.Context, retry bool) error {
 	if err := p.crashPoint("after sink write", output); err != nil {
 		return fail(err)
 	}
-	if retry && len(dead) > 0 {
-		landed, err := p.deadLettersSince(ctx, p.recoveredDeadLetterEnds)
+	if len(unsureDead) > 0 {
+		landed, err := p.deadLettersSince(ctx, unsureEnds)
 		if err != nil {
-			return fail(fmt.Errorf("read which dead letters of epoch %d already landed: %w", epoch, err))
+			return fail(fmt.Errorf("read which dead letters of an unfinished epoch already landed: %w", err))
 		}
-		kept := dead[:0]
-		for _, r := range dead {
+		for _, r := range unsureDead {
 			if !landed[deadLetterKey(r)] {
-				kept = append(kept, r)
+				dead = append(dead, r)
 			}
 		}
-		dead = kept
 	}
 	if err := p.produceDeadLetters(ctx, dead); err != nil {
 		return fail(err)
@@ -110,29 +134,72 @@ func (p *pipeline) checkpoint(ctx context.Context, retry bool) error {
 	if err := p.crashPoint("after dead letters", output); err != nil {
 		return fail(err)
 	}
+
+	// The state changes, with each partition's checkpoint, go to the
+	// changelog in one transaction, then into the partitions' databases.
+	var users int
+	for _, s := range snaps {
+		if !s.changed {
+			continue
+		}
+		users += s.batch.Users()
+		s.batch.EachChangelogRecord(epoch, p.writer, func(key, value []byte) {
+			p.clog.add(s.partition, key, value)
+		})
+	}
+	written, err := p.clog.write(ctx)
+	if err != nil {
+		return fail(fmt.Errorf("write the state changes: %w", err))
+	}
+	if err := p.crashPoint("after changelog", output); err != nil {
+		return fail(err)
+	}
 	h := p.header
 	h.Epoch, h.Time = epoch, time.Now()
-	if err := p.db.Commit(h, batches...); err != nil {
+	errs := make([]error, len(snaps))
+	var wg sync.WaitGroup
+	for i, s := range snaps {
+		if n, ok := written[s.partition]; ok {
+			next[s.partition] = n
+			s.batch.SetChangelogNext(s.partition, n)
+		}
+		wg.Go(func() { errs[i] = s.task.db.Commit(h, s.batch) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
 		return fail(fmt.Errorf("commit to %s: %w", p.cfg.StateDir, err))
 	}
 	p.header = h
+	p.checkpoints++
+	p.status.Checkpoints.Store(p.checkpoints)
+	p.status.LastCheckpoint.Store(h.Time.UnixMilli())
+	if p.restoring.Load() == 0 {
+		p.status.Ready.Store(true)
+	}
 
-	offsets := kadm.Offsets{}
+	offsets := map[int32]kgo.EpochOffset{}
 	held := 0
 	for _, s := range snaps {
-		offsets.Add(kadm.Offset{Topic: p.cfg.Topic, Partition: s.partition, At: s.next, LeaderEpoch: -1})
+		offsets[s.partition] = kgo.EpochOffset{Epoch: -1, Offset: s.next}
 		held += s.held
 	}
 	p.held = held
-	if _, err := p.adm.CommitOffsets(ctx, p.cfg.Group, offsets); err != nil && ctx.Err() == nil {
-		p.log.Debug("committing group offsets for lag monitoring failed", "group", p.cfg.Group, "err", err)
-	}
+	// As the group member that owns the partitions (a commit from outside
+	// the generation is refused while the group has members).
+	p.cl.CommitOffsetsSync(ctx, map[string]map[int32]kgo.EpochOffset{p.cfg.Topic: offsets},
+		func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, _ *kmsg.OffsetCommitResponse, err error) {
+			if err != nil && ctx.Err() == nil {
+				p.log.Debug("committing group offsets for lag monitoring failed", "group", p.cfg.Group, "err", err)
+			}
+		})
 	p.log.Debug("checkpoint", "epoch", epoch, "rows", p.out.Len(), "dead_letters", len(dead), "held", held,
-		"took", time.Since(began))
+		"changelog_users", users, "took", time.Since(began))
 	if p.cfg.SnapshotInterval > 0 && time.Since(p.snapshotAt) >= p.cfg.SnapshotInterval {
 		p.snapshotAt = time.Now()
-		if err := p.db.PublishSnapshot(); err != nil {
-			p.log.Warn("publishing a state snapshot for `firstseen state` failed", "err", err)
+		for _, s := range snaps {
+			if err := s.task.db.PublishSnapshot(); err != nil {
+				p.log.Warn("publishing a state snapshot for `firstseen state` failed", "err", err)
+			}
 		}
 	}
 	return nil

@@ -1,11 +1,13 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -20,7 +22,21 @@ import (
 type Config struct {
 	Brokers  []string
 	Topic    string
-	Group    string // names the consumer group whose offsets show progress (default "firstseen")
+	// Group is the consumer group that the processes sharing the topic's
+	// partitions join (default "firstseen").
+	Group string
+	// InstanceID makes this process a static member of the group (KIP-345):
+	// a restart within the session timeout keeps its partitions. A
+	// StatefulSet pod's name is the natural choice. It also names the
+	// process in the changelog's transactions and the sink's requests.
+	InstanceID string
+	// SessionTimeout is how long the group waits for a member that stopped
+	// heartbeating before its partitions move to others (default 45s). A
+	// static member's restart within it keeps its partitions.
+	SessionTimeout time.Duration
+	// ChangelogTopic is the compacted topic that every partition's state
+	// changes are written to (default Group + "-state").
+	ChangelogTopic string
 	DLQTopic string // default Topic + ".dlq"
 	StateDir string
 	State    state.Options
@@ -63,11 +79,16 @@ type Config struct {
 	Testing *TestingKnobs
 	// Now is the wall clock (default time.Now). It drives idleness only.
 	Now func() time.Time
+	// Status, when set, is kept up to date for health checks and metrics.
+	Status *Status
 }
 
 func (c *Config) setDefaults() {
 	if c.Group == "" {
 		c.Group = "firstseen"
+	}
+	if c.ChangelogTopic == "" {
+		c.ChangelogTopic = c.Group + "-state"
 	}
 	if c.DLQTopic == "" {
 		c.DLQTopic = c.Topic + ".dlq"
@@ -134,170 +155,133 @@ type Stats struct {
 type pipeline struct {
 	cfg    Config
 	log    *slog.Logger
-	db     *state.DB
-	cl     *kgo.Client
+	writer string // this process's name in the changelog and the sink's requests
+	cache  *state.Cache
+	cl     *kgo.Client // group consumer; also produces dead letters
 	adm    *kadm.Client
-	tasks  []*task // by partition
-	header state.Header
-	out    sinks.Batch
-	full   chan struct{}
-	fatal  chan error
-	held   int // held records at the last checkpoint
+	clog   *changelogProducer
+	topic  topicInfo
+	tasks  []*task // by partition; owned by the coordinator
+	// live is the tasks by partition, for the poller and the end watcher
+	// (replaced, never modified, by the coordinator).
+	live    atomic.Pointer[map[int32]*task]
+	taskWG  sync.WaitGroup
+	header  state.Header
+	out     sinks.Batch
+	full    chan struct{}
+	fatal   chan error
+	assigns chan assignment
+	revokes chan revocation
+	done    chan struct{} // closed when the coordinator stops taking requests
+	held    int           // held records at the last checkpoint
 	// snapshotAt is when the last snapshot was published.
 	snapshotAt time.Time
-	// recoveredDeadLetterEnds come from the intent of the unfinished epoch.
-	recoveredDeadLetterEnds map[int32]int64
+	// assigned: a partition was assigned at least once; restoring counts
+	// assignments being prepared.
+	assigned  atomic.Bool
+	restoring atomic.Int32
+	misplaced   int64 // records off their uuid's partition, as last reported
+	warnedAt    time.Time
+	status      *Status
+	checkpoints uint64
+	// gone holds the totals of the tasks of partitions this process no
+	// longer owns.
+	gone struct {
+		Stats
+		misplaced int64
+	}
 }
 
-// Run processes the topic until ctx is cancelled (then it takes a final
-// checkpoint within ShutdownTimeout) or, with UntilCaughtUp, until it has
-// caught up with the log end it saw at start.
+// Run processes the topic's partitions that the consumer group assigns to
+// this process until ctx is cancelled (then it takes a final checkpoint
+// within ShutdownTimeout) or, with UntilCaughtUp, until it has caught up
+// with the log ends it saw when its partitions were assigned.
 func Run(ctx context.Context, cfg Config) (Stats, error) {
 	cfg.setDefaults()
 	start := time.Now()
-	p := &pipeline{cfg: cfg, log: cfg.Logger, full: make(chan struct{}, 1), fatal: make(chan error, 1)}
 	if cfg.Sink == nil {
 		return Stats{}, errors.New("engine: no sink configured")
 	}
 	if cfg.State.Logger == nil {
 		cfg.State.Logger = cfg.Logger
 	}
-	db, err := state.Open(cfg.StateDir, cfg.State)
+	p := &pipeline{cfg: cfg, log: cfg.Logger, full: make(chan struct{}, 1), fatal: make(chan error, 1),
+		assigns: make(chan assignment), revokes: make(chan revocation), done: make(chan struct{}), status: cfg.Status}
+	if p.status == nil {
+		p.status = &Status{}
+	}
+	m := map[int32]*task{}
+	p.live.Store(&m)
+	if err := checkLayout(cfg.StateDir); err != nil {
+		return Stats{}, err
+	}
+	writer, err := writerID(cfg.StateDir, cfg.InstanceID)
 	if err != nil {
 		return Stats{}, err
 	}
-	p.db = db
-	defer db.Close()
-
+	p.writer = writer
 	timezone := cfg.Operator.Calendar.Location().String()
-	cp, resumed, err := db.LoadCheckpoint()
-	if err != nil {
-		return Stats{}, fmt.Errorf("read checkpoint in %s: %w", cfg.StateDir, err)
-	}
-	if resumed {
-		if cp.Topic != cfg.Topic {
-			return Stats{}, fmt.Errorf("state dir %s holds the state of topic %q, not %q: use another --state-dir", cfg.StateDir, cp.Topic, cfg.Topic)
-		}
-		if cp.Timezone != timezone {
-			return Stats{}, fmt.Errorf("state dir %s was built with --timezone %s; it cannot change to %s, because held records "+
-				"and days already decided would disagree: keep %s, or start a new --state-dir", cfg.StateDir, cp.Timezone, timezone, cp.Timezone)
-		}
-		if cp.Tolerance != cfg.Operator.Tolerance {
-			p.log.Warn("the tolerance changed since the last checkpoint; it applies to records from now on",
-				"was", cp.Tolerance, "now", cfg.Operator.Tolerance)
-		}
-	}
-	p.header = state.Header{Epoch: cp.Epoch, Topic: cfg.Topic, Group: cfg.Group, Tolerance: cfg.Operator.Tolerance, Timezone: timezone}
-	intent, recovering, err := db.LoadIntent()
-	if err != nil {
-		return Stats{}, fmt.Errorf("read the intent in %s: %w", cfg.StateDir, err)
-	}
-	if recovering && intent.Epoch != cp.Epoch+1 {
-		return Stats{}, fmt.Errorf("state in %s is inconsistent: intent for epoch %d after checkpoint %d", cfg.StateDir, intent.Epoch, cp.Epoch)
-	}
-	p.recoveredDeadLetterEnds = intent.DeadLetterEnds
+	p.header = state.Header{Topic: cfg.Topic, Group: cfg.Group, Tolerance: cfg.Operator.Tolerance, Timezone: timezone}
 
-	topic, err := p.discover(ctx)
+	p.topic, err = p.discover(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return Stats{}, nil // stopped while starting: nothing to save
 		}
 		return Stats{}, err
 	}
-	if resumed && cp.TopicID != ([16]byte{}) && cp.TopicID != topic.id {
-		return Stats{}, fmt.Errorf("topic %q was deleted and created again since the state in %s was written: its offsets "+
-			"mean other records now; start with a new --state-dir (and bootstrap it) to process the new topic", cfg.Topic, cfg.StateDir)
+	p.header.TopicID = p.topic.id
+	p.cache = state.NewCache(cmp.Or(cfg.State.CacheSize, 64<<20))
+	defer p.cache.Unref()
+	if p.clog, err = newChangelogProducer(&p.cfg, writer); err != nil {
+		return Stats{}, err
 	}
-	p.header.TopicID = topic.id
-	started := false
-	defer func() {
-		if !started { // the tasks' goroutines would have closed their readers
-			for _, t := range p.tasks {
-				t.store.db.Close()
-			}
-		}
-	}()
-	offsets := map[int32]kgo.Offset{}
-	now := cfg.Now()
-	for _, part := range topic.partitions {
-		pc, ok := cp.Partitions[part]
-		t, err := p.newTask(part, pc, ok)
-		if err != nil {
-			return Stats{}, err
-		}
-		t.setEnd(topic.ends[part], now)
-		t.target = topic.ends[part]
-		if recovering {
-			ip, ok := intent.Partitions[part]
-			if !ok {
-				ip.Next = t.next // not in the unfinished epoch: nothing to replay
-			}
-			t.limit, t.replay = ip.Next, ip.Advances
-		}
-		p.tasks = append(p.tasks, t)
-		switch {
-		case !ok:
-			offsets[part] = kgo.NewOffset().AtStart()
-			if resumed {
-				p.log.Warn("a partition was added to the topic since the last checkpoint: producers' keys now map to other "+
-					"partitions, so one user's records may reach two partitions for a while; first_seen stays the minimum", "partition", part)
-			}
-		default:
-			offsets[part] = kgo.NewOffset().At(pc.NextOffset)
-			if start := topic.starts[part]; start > pc.NextOffset {
-				p.log.Error("records expired from the topic before they were processed: they are lost; "+
-					"keep the topic's retention longer than any outage", "partition", part, "from", pc.NextOffset, "to", start)
-			}
-		}
-	}
-	for _, t := range p.tasks {
-		t.store.setCacheBytes(userCacheBytes / len(p.tasks))
-		t.maxBytes = max(p.cfg.BufferBytes/len(p.tasks), minTaskBufferBytes)
-	}
-	p.log.Info("starting", "topic", cfg.Topic, "partitions", len(topic.partitions), "resumed", resumed,
-		"epoch", cp.Epoch, "state_dir", cfg.StateDir)
-	if recovering {
-		p.log.Warn("the last run stopped while writing a checkpoint: replaying its input to finish it without duplicates",
-			"epoch", intent.Epoch)
-	}
-	if cfg.SnapshotInterval > 0 {
-		// Readers see what this run starts from (a bootstrap since the last
-		// run, say) rather than a snapshot from before; the first checkpoint
-		// publishes again, then every SnapshotInterval.
-		if err := db.PublishSnapshot(); err != nil {
-			p.log.Warn("publishing a state snapshot for `firstseen state` failed", "err", err)
-		}
-	}
+	defer p.clog.close()
 
+	// The admin client exists before the group client, whose callbacks
+	// (restores) use it from the moment it joins.
+	admCl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...), kgo.WithLogger(KafkaLogger(p.log))},
+		cfg.KafkaOptions...)...)
+	if err != nil {
+		return Stats{}, fmt.Errorf("kafka client: %w", err)
+	}
+	defer admCl.Close()
+	p.adm = kadm.NewClient(admCl)
 	opts := append([]kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{cfg.Topic: offsets}),
+		kgo.ConsumerGroup(cfg.Group),
+		kgo.ConsumeTopics(cfg.Topic),
+		kgo.Balancers(kgo.CooperativeStickyBalancer()),
+		kgo.DisableAutoCommit(),
+		kgo.AdjustFetchOffsetsFn(p.onAssigned),
+		kgo.OnPartitionsRevoked(p.onRevoked),
+		kgo.OnPartitionsLost(p.onLost),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.KeepControlRecords(),
 		kgo.ProducerLinger(5 * time.Millisecond),
 		kgo.WithLogger(KafkaLogger(p.log)),
 	}, cfg.KafkaOptions...)
+	// Static membership always: by default under the state directory's
+	// own name, so that a process restarted on the same directory takes
+	// its place in the group at once, keeping its partitions, instead of
+	// waiting for the session of its killed predecessor to expire.
+	instance := cmp.Or(cfg.InstanceID, writer)
+	opts = append(opts, kgo.InstanceID(instance))
+	if cfg.SessionTimeout > 0 {
+		opts = append(opts, kgo.SessionTimeout(cfg.SessionTimeout), kgo.HeartbeatInterval(max(cfg.SessionTimeout/10, 100*time.Millisecond)))
+	}
 	if p.cl, err = kgo.NewClient(opts...); err != nil {
 		return Stats{}, fmt.Errorf("kafka client: %w", err)
 	}
+	p.log.Info("starting", "topic", cfg.Topic, "partitions", len(p.topic.partitions), "group", cfg.Group,
+		"instance", instance, "changelog", cfg.ChangelogTopic, "state_dir", cfg.StateDir)
+
+	// Shutdown order (deferred, so it runs in reverse): the coordinator
+	// stops taking requests, the poller and the end-offset watcher stop,
+	// the tasks stop (each closes its partition's database), then the Kafka
+	// client closes, which leaves the group unless membership is static.
 	defer p.cl.Close()
-	p.adm = kadm.NewClient(p.cl)
-
-	// Shutdown order (deferred, so it runs in reverse): stop the poller and
-	// the end-offset watcher, then the tasks (waiting until each has closed
-	// its state reader), then the Kafka client, then the state database.
-	var tasks sync.WaitGroup
-	for _, t := range p.tasks {
-		tasks.Go(t.run)
-	}
-	started = true
-	defer func() {
-		for _, t := range p.tasks {
-			t.ctl <- control{stop: true}
-		}
-		tasks.Wait()
-	}()
-
+	defer p.stopTasks()
 	srcCtx, stopSource := context.WithCancel(context.Background())
 	pollDone := make(chan error, 1)
 	go func() { pollDone <- p.poll(srcCtx) }()
@@ -305,47 +289,43 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	watcher.Go(func() { p.watchEnds(srcCtx, tickInterval(cfg.Operator.IdleTimeout)*5) })
 	defer func() { stopSource(); <-pollDone; watcher.Wait() }()
 
-	err = p.coordinate(ctx, pollDone, recovering)
+	err = p.coordinate(ctx, pollDone)
+	close(p.done)
+	if err == nil && cfg.UntilCaughtUp {
+		// A batch job is done: its partitions need not wait for it to come
+		// back (a static member does not leave the group by closing).
+		lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if _, err := p.adm.LeaveGroup(lctx, kadm.LeaveGroup(cfg.Group).InstanceIDs(instance)); err != nil {
+			p.log.Debug("leaving the consumer group", "err", err)
+		}
+		cancel()
+	}
 	st := p.stats()
 	st.Elapsed = time.Since(start)
 	return st, err
 }
 
-func (p *pipeline) newTask(part int32, pc state.PartitionCheckpoint, resumed bool) (*task, error) {
-	store, err := newTaskStore(p.db)
-	if err != nil {
-		return nil, err
+// stopTasks stops every task and waits until each has closed its database.
+func (p *pipeline) stopTasks() {
+	for _, t := range p.tasks {
+		t.ctl <- control{stop: true}
 	}
-	t := &task{
-		partition: part, topic: p.cfg.Topic, dlqTopic: p.cfg.DLQTopic, maxRows: p.cfg.MaxEpochRows,
-		db: p.db, fatal: p.fatal,
-		store: store,
-		rows:  &sinks.Batch{}, spare: &sinks.Batch{},
-		in: make(chan []*kgo.Record, 8), ctl: make(chan control, 16), full: p.full, limit: -1,
-	}
-	t.op = operators.New(p.cfg.Operator, part, &t.store, t)
-	if resumed {
-		held, err := p.db.LoadHeld(part)
-		if err != nil {
-			return nil, err
+	p.taskWG.Wait()
+	for _, t := range p.tasks {
+		if err := t.db.Close(); err != nil {
+			p.log.Warn("closing a partition's state", "partition", t.partition, "err", err)
 		}
-		t.op.Restore(pc.Progress, held)
-		t.next = pc.NextOffset
 	}
-	t.pos.Store(t.next)
-	return t, nil
+	p.tasks = nil
 }
 
-// coordinate runs timers and checkpoints until the run ends.
+// coordinate runs timers, checkpoints and the group's assignments and
+// revocations until the run ends.
 //
 // Checkpoints run under a context that the first stop request does not
 // cancel: an in-flight checkpoint finishes, then a final one is taken. Only
 // ShutdownTimeout after the stop request is everything cut short.
-//
-// When recovering, the tasks first replay the unfinished epoch up to its
-// limits; that epoch is then checkpointed again (writing only the rows the
-// sink does not have yet) before anything else happens.
-func (p *pipeline) coordinate(ctx context.Context, pollDone <-chan error, recovering bool) error {
+func (p *pipeline) coordinate(ctx context.Context, pollDone <-chan error) error {
 	cpCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stopWatch := context.AfterFunc(ctx, func() { time.AfterFunc(p.cfg.ShutdownTimeout, cancel) })
@@ -356,12 +336,8 @@ func (p *pipeline) coordinate(ctx context.Context, pollDone <-chan error, recove
 	tick := time.NewTicker(tickInterval(p.cfg.Operator.IdleTimeout))
 	defer tick.Stop()
 	final := func(why string) error {
-		if recovering {
-			p.log.Info(why + " before the unfinished checkpoint was replayed; the next start replays it")
-			return nil
-		}
 		p.log.Info(why+": taking a final checkpoint", "timeout", p.cfg.ShutdownTimeout)
-		return p.checkpoint(cpCtx, false)
+		return p.checkpoint(cpCtx)
 	}
 	for {
 		if ctx.Err() != nil {
@@ -377,41 +353,25 @@ func (p *pipeline) coordinate(ctx context.Context, pollDone <-chan error, recove
 			return err
 		case err := <-p.fatal:
 			return err
-		case <-cpTimer.C:
-			if recovering {
-				continue
+		case a := <-p.assigns:
+			a.reply <- p.addTasks(a.tasks)
+		case r := <-p.revokes:
+			err := p.removeTasks(cpCtx, r.partitions)
+			r.reply <- err
+			if err != nil {
+				return err
 			}
-			if err := p.checkpoint(cpCtx, false); err != nil {
+		case <-cpTimer.C:
+			if err := p.checkpoint(cpCtx); err != nil {
 				return err
 			}
 		case <-p.full:
-			if recovering {
-				continue
-			}
-			if err := p.checkpoint(cpCtx, false); err != nil {
+			if err := p.checkpoint(cpCtx); err != nil {
 				return err
 			}
 			cpTimer.Reset(p.cfg.CheckpointInterval)
 		case <-tick.C:
-			if recovering {
-				replayed := true
-				for _, t := range p.tasks {
-					replayed = replayed && t.pos.Load() >= t.limit
-				}
-				if !replayed {
-					continue
-				}
-				if err := p.checkpoint(cpCtx, true); err != nil {
-					return err
-				}
-				for _, t := range p.tasks {
-					t.ctl <- control{release: true}
-				}
-				recovering = false
-				p.log.Info("the unfinished checkpoint is complete; resuming", "epoch", p.header.Epoch)
-				continue
-			}
-			done := true
+			done := p.assigned.Load() && p.restoring.Load() == 0
 			for _, t := range p.tasks {
 				if at, ok := t.caughtUpAt(); ok {
 					select {
@@ -419,15 +379,36 @@ func (p *pipeline) coordinate(ctx context.Context, pollDone <-chan error, recove
 					default:
 					}
 				}
-				if t.pos.Load() < t.target {
+				if t.pos.Load() < t.target || t.replaying.Load() {
 					done = false
 				}
 			}
+			p.reportMisplaced()
 			if p.cfg.UntilCaughtUp && done {
 				return final("caught up")
 			}
 		}
 	}
+}
+
+// reportMisplaced warns, at most once a minute, when records arrived on a
+// partition other than their uuid's (see operators.PartitionOf): their
+// users' state is split between partitions, so their is_new may be wrong.
+func (p *pipeline) reportMisplaced() {
+	var n int64
+	for _, t := range p.tasks {
+		n += t.misplaced.Load()
+	}
+	n += p.gone.misplaced
+	p.status.Misplaced.Store(n)
+	if n == p.misplaced || time.Since(p.warnedAt) < time.Minute {
+		return
+	}
+	p.log.Warn("records are not on the partition of their user's uuid: producers do not key by the canonical uuid, "+
+		"so one user's records reach several partitions, whose states are kept apart, and their is_new may be wrong; "+
+		"key records by the canonical uuid (as 'firstseen produce' does) or run with --repartition",
+		"misplaced_records", n, "since_last_warning", n-p.misplaced)
+	p.misplaced, p.warnedAt = n, time.Now()
 }
 
 func tickInterval(idle time.Duration) time.Duration {
@@ -438,7 +419,7 @@ func tickInterval(idle time.Duration) time.Duration {
 }
 
 func (p *pipeline) stats() Stats {
-	var s Stats
+	s := p.gone.Stats
 	for _, t := range p.tasks {
 		s.Records += t.counters.records.Load()
 		s.Rows += t.counters.rows.Load()
@@ -446,7 +427,7 @@ func (p *pipeline) stats() Stats {
 		s.New += t.counters.isNew.Load()
 		s.DeadLettered += t.counters.dead.Load()
 	}
-	s.Checkpoints = p.header.Epoch
+	s.Checkpoints = p.checkpoints
 	s.Held = int64(p.held)
 	return s
 }

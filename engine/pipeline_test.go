@@ -2,6 +2,8 @@ package engine_test
 
 import (
 	"context"
+	"log/slog"
+	"os"
 	"sort"
 	"testing"
 	"time"
@@ -47,7 +49,7 @@ func newFixture(t *testing.T, partitions int, wc workload.Config) *fixture {
 // config is a pipeline over the fixture with a fresh state directory.
 func (f *fixture) config(t *testing.T, op operators.Config) engine.Config {
 	return engine.Config{Brokers: f.broker.ListenAddrs(), Topic: topic, StateDir: t.TempDir(), Operator: op,
-		CheckpointInterval: 200 * time.Millisecond, Sink: f.sink, IsRetryable: clickhouse.IsRetryable}
+		CheckpointInterval: 200 * time.Millisecond, Sink: f.sink, IsRetryable: clickhouse.IsRetryable, Logger: testLogger(t)}
 }
 
 func (f *fixture) produce(t *testing.T, recs []workload.Record) {
@@ -160,4 +162,12 @@ func runUntilRows(t *testing.T, cfg engine.Config, n int) engine.Stats {
 		t.Fatalf("pipeline: %v", err)
 	}
 	return st
+}
+
+// testLogger logs to the test's output when FIRSTSEEN_TEST_LOG is set.
+func testLogger(t *testing.T) *slog.Logger {
+	if os.Getenv("FIRSTSEEN_TEST_LOG") == "" {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

@@ -58,6 +58,9 @@ func (p *pipeline) discover(ctx context.Context) (topicInfo, error) {
 	if _, err := adm.CreateTopic(mctx, int32(len(ti.partitions)), -1, nil, p.cfg.DLQTopic); err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
 		p.log.Warn("cannot create the dead-letter topic", "topic", p.cfg.DLQTopic, "err", err)
 	}
+	if err := ensureTopic(mctx, adm, p.cfg.ChangelogTopic, len(ti.partitions), changelogConfigs(), "changelog"); err != nil {
+		return ti, err
+	}
 	if ti.ends, err = listOffsets(mctx, adm.ListCommittedOffsets, p.cfg.Topic); err != nil {
 		return ti, fmt.Errorf("kafka topic %q: list end offsets: %w", p.cfg.Topic, err)
 	}
@@ -86,10 +89,6 @@ func listOffsets(ctx context.Context, list func(context.Context, ...string) (kad
 // authorization failure, say); transient errors are logged and retried by
 // the client.
 func (p *pipeline) poll(ctx context.Context) error {
-	byPart := map[int32]*task{}
-	for _, t := range p.tasks {
-		byPart[t.partition] = t
-	}
 	lastErr := map[int32]string{}
 	for {
 		fs := p.cl.PollRecords(ctx, 10_000)
@@ -114,6 +113,7 @@ func (p *pipeline) poll(ctx context.Context) error {
 			return fatal
 		}
 		stopped := false
+		byPart := *p.live.Load()
 		fs.EachPartition(func(fp kgo.FetchTopicPartition) {
 			t := byPart[fp.Partition]
 			if t == nil || stopped {
@@ -159,8 +159,9 @@ func (p *pipeline) watchEnds(ctx context.Context, every time.Duration) {
 			continue
 		}
 		now := p.cfg.Now()
+		live := *p.live.Load()
 		lo.Each(func(o kadm.ListedOffset) {
-			if t := p.byPartition(o.Partition); t != nil && o.Err == nil {
+			if t := live[o.Partition]; t != nil && o.Err == nil {
 				t.setEnd(o.Offset, now)
 			}
 		})

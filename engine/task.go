@@ -18,11 +18,24 @@ import (
 // control is a message from the coordinator to a task. Exactly one field is
 // set. Control messages share one channel so that their order is kept.
 type control struct {
-	barrier   chan<- *snapshot // hand over the epoch's output
-	committed *sinks.Batch     // the epoch committed; its row buffer comes back
+	barrier   chan<- *snapshot // hand over the epoch's output (nil while replaying an unfinished epoch)
+	committed *committed       // the epoch committed
 	tick      int64            // ms: when the log end the task has caught up with was seen
-	release   bool             // recovery is done: process past the limit
+	sizes     *sizes           // the task's share of the caches and buffers changed
 	stop      bool
+	stopped   chan struct{} // closed once the task has stopped (with stop)
+}
+
+// committed tells a task that its epoch is durable.
+type committed struct {
+	rows          *sinks.Batch // its row buffer comes back
+	changelogNext int64        // where the partition's changelog now ends
+}
+
+// sizes is a task's share of the memory bounds, which change with the
+// number of partitions the process owns.
+type sizes struct {
+	cache, buffer int
 }
 
 // snapshot is what a task hands over at a barrier.
@@ -36,6 +49,15 @@ type snapshot struct {
 	progress  operators.Progress
 	advances  []state.WatermarkAdvance
 	held      int
+	// changed: the checkpoint changes the partition's state or position,
+	// so the changelog gets its records and a new checkpoint record.
+	changed bool
+	// unsure is set when this epoch finishes one that an earlier writer
+	// left unfinished: rows and dead letters of it may have landed, the
+	// dead letters after deadLetterEnds.
+	unsure         *sinks.Attempt
+	deadLetterEnds map[int32]int64
+	changelogNext  int64
 }
 
 // taskStore is a task's view of first-seen state: updates of the current
@@ -342,7 +364,15 @@ type task struct {
 	dlqTopic  string
 	maxRows   int
 	maxBytes  int
-	db        *state.DB
+	db        *state.DB // the partition's own database
+
+	// changelogNext is where the partition's changelog ends after the last
+	// checkpoint; checkpointed is that checkpoint's position.
+	changelogNext int64
+	checkpointed  state.PartitionCheckpoint
+	epochSeen     uint64 // the highest epoch in the partition's checkpoint or intent
+	misplaced     atomic.Int64 // op.Misplaced, published
+	replaying     atomic.Bool  // limit >= 0, published
 
 	op        *operators.FirstSeen
 	store     taskStore
@@ -362,6 +392,10 @@ type task struct {
 	limit   int64
 	replay  []state.WatermarkAdvance
 	pending []*kgo.Record
+	// unsure and deadLetterEnds describe the unfinished epoch being
+	// replayed (see snapshot.unsure).
+	unsure         *sinks.Attempt
+	deadLetterEnds map[int32]int64
 
 	in    chan []*kgo.Record
 	ctl   chan control
@@ -420,6 +454,12 @@ func (w heldWriter) DeleteHeld(offset int64)   { w.b.DeleteHeld(w.p, offset) }
 func (t *task) run() {
 	defer t.store.db.Close()
 	for {
+		if t.limit < 0 && t.pending != nil {
+			recs := t.pending // the unfinished epoch is checkpointed: go on
+			t.pending = nil
+			t.process(recs)
+			continue
+		}
 		in := t.in
 		if t.pending != nil {
 			in = nil // recovering: wait for the unfinished epoch to be rewritten
@@ -438,16 +478,19 @@ func (t *task) run() {
 			case m.barrier != nil:
 				m.barrier <- t.snapshot()
 			case m.committed != nil:
-				m.committed.Reset()
-				t.spare = m.committed
+				m.committed.rows.Reset()
+				t.spare = m.committed.rows
+				t.changelogNext = m.committed.changelogNext
 				if err := t.store.committed(); err != nil {
-					panic(err) // the database is closed only after every task stopped
+					panic(err) // the database is closed only after the task stopped
 				}
-			case m.release:
-				recs := t.pending
-				t.limit, t.pending = -1, nil
-				t.process(recs)
+			case m.sizes != nil:
+				t.store.setCacheBytes(m.sizes.cache)
+				t.maxBytes = m.sizes.buffer
 			case m.stop:
+				if m.stopped != nil {
+					defer close(m.stopped)
+				}
 				return
 			default:
 				t.tick(m.tick)
@@ -515,19 +558,33 @@ func (t *task) process(recs []*kgo.Record) {
 		}
 	}
 	t.pos.Store(t.next)
+	t.misplaced.Store(t.op.Misplaced())
 }
 
+// snapshot hands over the epoch's output and state changes. A task
+// replaying an unfinished epoch hands over nothing until it has replayed
+// all of it: that epoch is then checkpointed whole, as unsure.
 func (t *task) snapshot() *snapshot {
 	if t.limit >= 0 {
+		if t.next < t.limit {
+			return nil
+		}
 		t.replayAdvances(t.limit) // advances logged at the end of the epoch
 	}
 	s := &snapshot{task: t, partition: t.partition, rows: t.rows, dead: t.dead, batch: t.db.NewBatch(),
-		next: t.next, progress: t.op.Progress(), held: t.op.HeldCount(), advances: t.advances}
+		next: t.next, progress: t.op.Progress(), held: t.op.HeldCount(), advances: t.advances,
+		unsure: t.unsure, deadLetterEnds: t.deadLetterEnds, changelogNext: t.changelogNext}
 	t.advances = nil
 	t.store.writeEpoch(s.batch)
 	t.op.CheckpointHeld(heldWriter{s.batch, t.partition})
-	s.batch.PutPartition(t.partition, state.PartitionCheckpoint{NextOffset: t.next, Progress: s.progress})
+	pc := state.PartitionCheckpoint{NextOffset: t.next, Progress: s.progress, ChangelogNext: t.changelogNext}
+	s.batch.PutPartition(t.partition, pc)
+	moved := pc.NextOffset != t.checkpointed.NextOffset || pc.Progress != t.checkpointed.Progress
+	s.changed = s.batch.Changed() || moved || s.rows.Len() > 0 || len(s.dead) > 0 || s.unsure != nil
+	t.checkpointed = pc
 	t.rows, t.spare = t.spare, nil
 	t.dead, t.deadBytes = nil, 0
+	t.limit, t.unsure, t.deadLetterEnds = -1, nil, nil // the pending records go into the next epoch
+	t.replaying.Store(false)
 	return s
 }

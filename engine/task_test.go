@@ -39,8 +39,8 @@ func newTestTask(t testing.TB, known int) (*task, []*kgo.Record) {
 	}
 	cfg := Config{Topic: "t", Operator: operators.Config{}}
 	cfg.setDefaults()
-	p := &pipeline{cfg: cfg, db: db, full: make(chan struct{}, 1)}
-	tk, err := p.newTask(0, state.PartitionCheckpoint{}, false)
+	p := &pipeline{cfg: cfg, full: make(chan struct{}, 1), topic: topicInfo{partitions: []int32{0}}}
+	tk, err := p.newTask(0, db)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -59,6 +59,10 @@ type Config struct {
 	// UUIDField and TimeField name the input members (default "uuid" and
 	// "event_time").
 	UUIDField, TimeField string
+	// Partitions is the source topic's partition count. When it is above
+	// one, the operator counts the records that are not on their uuid's
+	// partition (PartitionOf): their user's state is split (Misplaced).
+	Partitions int
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -127,6 +131,8 @@ type FirstSeen struct {
 	dec       *Decoder
 	store     Store
 	out       Emitter
+	parts     int   // Config.Partitions
+	misplaced int64 // records not on their uuid's partition
 
 	maxEvent  int64
 	watermark int64
@@ -154,6 +160,7 @@ func New(cfg Config, partition int32, store Store, out Emitter) *FirstSeen {
 		dec:       NewDecoder(cfg.UUIDField, cfg.TimeField),
 		store:     store,
 		out:       out,
+		parts:     cfg.Partitions,
 		maxEvent:  NoWatermark,
 		watermark: NoWatermark,
 	}
@@ -171,6 +178,9 @@ func (o *FirstSeen) Process(rec *Record) Reason {
 	}
 	o.active = true
 	u := &o.ev.UUID
+	if o.parts > 1 && PartitionOf(u, o.parts) != o.partition {
+		o.misplaced++
+	}
 	fs, known := o.store.Get(u)
 	if !known || t < fs {
 		fs = t
@@ -243,6 +253,10 @@ func (o *FirstSeen) Tick(now int64) {
 func (o *FirstSeen) Progress() Progress {
 	return Progress{MaxEventTime: o.maxEvent, Watermark: o.watermark}
 }
+
+// Misplaced is the number of records processed that were not on their
+// uuid's partition (see Config.Partitions).
+func (o *FirstSeen) Misplaced() int64 { return o.misplaced }
 
 // HeldCount is the number of records waiting for the watermark.
 func (o *FirstSeen) HeldCount() int { return len(o.held) }

@@ -42,10 +42,21 @@ type Sink interface {
 type Batch struct {
 	// Epoch is the checkpoint epoch the rows belong to.
 	Epoch uint64
-	// Retry says the epoch may already be partly stored, by a process that
-	// crashed while writing it: the sink must store only the rows that are
-	// not there yet. Replay makes the rows identical to the first attempt.
+	// Writer names the process writing the batch (its instance id), so
+	// that a later process can tell its requests: Epoch is a count of the
+	// writer's own checkpoints.
+	Writer string
+	// Retry says rows of the batch may already be stored, by an attempt
+	// that crashed while writing them (listed in Unsure when known): the
+	// sink must store only the rows that are not there yet, telling rows
+	// apart by (Partition, Offset). Replay makes the rows identical to the
+	// first attempt's.
 	Retry bool
+	// Unsure lists the earlier attempts that may have stored rows of this
+	// batch, possibly by other writers (a replica that died while writing
+	// a partition it owned): a sink whose writes may still be in flight
+	// after their writer died waits for them to end.
+	Unsure []Attempt
 
 	// The columns hold the rows appended to this batch; a joined batch has
 	// its rows in its parts, and its own columns are empty.
@@ -62,6 +73,12 @@ type Batch struct {
 	payloads  []byte
 
 	parts []*Batch // set by Join
+}
+
+// Attempt names one write of a batch: who wrote it, and their epoch.
+type Attempt struct {
+	Writer string
+	Epoch  uint64
 }
 
 // Append copies r into the batch.
@@ -195,7 +212,7 @@ const (
 // its memory for the next rows, unless that is much more than the rows it
 // just held needed.
 func (b *Batch) Reset() {
-	b.Epoch, b.Retry = 0, false
+	b.Epoch, b.Retry, b.Writer, b.Unsure = 0, false, "", b.Unsure[:0]
 	clear(b.parts)
 	b.parts = b.parts[:0]
 	if n := len(b.UUID); cap(b.UUID) > max(4*n, keepRows) {

@@ -103,6 +103,10 @@ type Loader struct {
 	// SSTSize is the size at which an SST file is closed and the next one
 	// started (default 128 MiB).
 	SSTSize int64
+	// OnWrite, when set, is called with every user the load writes (new,
+	// or lowered): what a changelog must receive for the load to reach
+	// other replicas. It is called from the load's workers, concurrently.
+	OnWrite func(u *operators.UUID, firstSeen int64) error
 
 	db      *DB
 	dir     string
@@ -684,6 +688,11 @@ func (w *loadWorker) join(lo, hi uint16, sorted []loadRec, ends []int) error {
 }
 
 func (w *loadWorker) write(key []byte, t int64) error {
+	if w.l.OnWrite != nil {
+		if err := w.l.OnWrite((*operators.UUID)(key[3:]), t); err != nil {
+			return err
+		}
+	}
 	if w.sst == nil {
 		w.sstPath = filepath.Join(w.l.dir, fmt.Sprintf("w%d-%06d.sst", w.id, len(w.paths)))
 		f, err := vfs.Default.Create(w.sstPath, vfs.WriteCategoryUnspecified)

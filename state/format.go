@@ -31,6 +31,10 @@ func decodeHeader(b []byte, h *Header) error {
 		if d.err != nil {
 			return d.err
 		}
+		if v < FormatVersion {
+			return errors.New("state: written by an older firstseen, which kept all partitions in one database " +
+				"and wrote no changelog; move it away and start with an empty --state-dir (then bootstrap)")
+		}
 		return errors.New("state: written by an unknown format version; use a newer firstseen")
 	}
 	h.Epoch = d.uvarint()
@@ -49,11 +53,13 @@ func decodeHeader(b []byte, h *Header) error {
 	return d.done()
 }
 
-// encodePartition: next offset varint | max event time varint | watermark varint.
+// encodePartition: next offset varint | max event time varint | watermark
+// varint | changelog next varint.
 func encodePartition(dst []byte, pc *PartitionCheckpoint) []byte {
 	dst = binary.AppendVarint(dst, pc.NextOffset)
 	dst = binary.AppendVarint(dst, pc.MaxEventTime)
-	return binary.AppendVarint(dst, pc.Watermark)
+	dst = binary.AppendVarint(dst, pc.Watermark)
+	return binary.AppendVarint(dst, pc.ChangelogNext)
 }
 
 func decodePartition(b []byte, pc *PartitionCheckpoint) error {
@@ -61,6 +67,7 @@ func decodePartition(b []byte, pc *PartitionCheckpoint) error {
 	pc.NextOffset = d.varint()
 	pc.MaxEventTime = d.varint()
 	pc.Watermark = d.varint()
+	pc.ChangelogNext = d.varint()
 	return d.done()
 }
 
@@ -87,13 +94,14 @@ func decodeHeld(b []byte, h *operators.Held) error {
 	return nil
 }
 
-// encodeIntent: epoch uvarint | partition count uvarint | per partition in
+// encodeIntent: epoch uvarint | writer (uvarint len, bytes) | partition count uvarint | per partition in
 // ascending order: partition varint | next varint | advance count uvarint |
 // per advance: at varint | watermark varint | dead-letter partition count
 // uvarint | per dead-letter partition in ascending order: partition varint |
 // end offset varint.
 func encodeIntent(dst []byte, in *Intent) []byte {
 	dst = binary.AppendUvarint(dst, in.Epoch)
+	dst = appendString(dst, in.Writer)
 	dst = binary.AppendUvarint(dst, uint64(len(in.Partitions)))
 	parts := make([]int32, 0, len(in.Partitions))
 	for p := range in.Partitions {
@@ -130,6 +138,7 @@ func appendOffsets(dst []byte, m map[int32]int64) []byte {
 func decodeIntent(b []byte, in *Intent) error {
 	d := decoder{b: b}
 	in.Epoch = d.uvarint()
+	in.Writer = d.string()
 	n := d.uvarint()
 	if d.err != nil || n > uint64(len(b)) {
 		return errCorrupt

@@ -49,7 +49,7 @@ import (
 
 // FormatVersion is written in every checkpoint header. A state directory
 // written by a newer format is refused.
-const FormatVersion = 1
+const FormatVersion = 2
 
 const (
 	prefixUser      = 'u'
@@ -76,12 +76,25 @@ type Options struct {
 	// anyway (they bypass the memtable as flushable batches), so bigger
 	// is not better.
 	MemTableSize uint64
+	// Cache, when set, is a block cache shared with other databases (a
+	// processor's partitions share one); CacheSize is then ignored.
+	Cache *Cache
 	// ReadOnly opens the database without taking part in writes.
 	ReadOnly bool
 	// Logger receives Pebble's background errors (compactions, disk). Nil
 	// discards them.
 	Logger *slog.Logger
 }
+
+// Cache is a block cache that several databases share.
+type Cache struct{ c *pebble.Cache }
+
+// NewCache returns a block cache of size bytes. Release it with Unref; the
+// databases opened with it hold their own references.
+func NewCache(size int64) *Cache { return &Cache{pebble.NewCache(size)} }
+
+// Unref releases the caller's reference.
+func (c *Cache) Unref() { c.c.Unref() }
 
 // DB is the state database.
 type DB struct {
@@ -119,7 +132,13 @@ func Open(dir string, o Options) (*DB, error) {
 			return nil, fmt.Errorf("state dir %s: %w", dir, err)
 		}
 	}
-	cache := pebble.NewCache(o.CacheSize)
+	var cache *pebble.Cache
+	if o.Cache != nil {
+		cache = o.Cache.c
+		cache.Ref()
+	} else {
+		cache = pebble.NewCache(o.CacheSize)
+	}
 	opts := &pebble.Options{
 		Cache:              cache,
 		MemTableSize:       o.MemTableSize,
@@ -276,6 +295,9 @@ type Header struct {
 type PartitionCheckpoint struct {
 	NextOffset int64 // the first offset not yet covered
 	operators.Progress
+	// ChangelogNext is the first offset of the partition's changelog that
+	// this database does not reflect: a restore reads from there.
+	ChangelogNext int64
 }
 
 // Checkpoint is the last committed checkpoint.
@@ -349,6 +371,8 @@ type Batch struct {
 	b     *pebble.Batch
 	users []userEntry
 	buf   []byte
+	clog  []byte               // held records' changes for the changelog (see logHeld)
+	cp    *PartitionCheckpoint // set by PutPartition
 }
 
 // userEntry is a user update, with the user key's sort order in its
@@ -384,12 +408,14 @@ func (b *Batch) PutHeld(partition int32, h *operators.Held) {
 	k := heldKey(partition, h.Offset)
 	b.buf = encodeHeld(b.buf[:0], h)
 	b.b.Set(k[:], b.buf, nil)
+	b.logHeld(h.Offset, b.buf, false)
 }
 
 // DeleteHeld removes a released held record.
 func (b *Batch) DeleteHeld(partition int32, offset int64) {
 	k := heldKey(partition, offset)
 	b.b.Delete(k[:], nil)
+	b.logHeld(offset, nil, true)
 }
 
 // PutPartition stores a partition's checkpoint.
@@ -399,16 +425,35 @@ func (b *Batch) PutPartition(partition int32, pc PartitionCheckpoint) {
 	binary.BigEndian.PutUint32(k[1:], uint32(partition))
 	b.buf = encodePartition(b.buf[:0], &pc)
 	b.b.Set(k[:], b.buf, nil)
+	b.cp = &pc
+}
+
+// SetChangelogNext sets the changelog position in the partition checkpoint
+// put by PutPartition (after the changelog records were produced).
+func (b *Batch) SetChangelogNext(partition int32, next int64) {
+	if b.cp == nil {
+		return
+	}
+	pc := *b.cp
+	pc.ChangelogNext = next
+	b.buf = encodePartition(b.buf[:0], &pc)
+	b.b.Set(partitionKey(partition), b.buf, nil)
 }
 
 // Len is about the number of bytes in the batch.
-func (b *Batch) Len() int { return b.b.Len() + len(b.users)*(userKeyLen+8) }
+func (b *Batch) Len() int { return b.b.Len() + len(b.users)*(userKeyLen+8) + len(b.clog) }
+
+// Changed says whether the batch changes users or held records.
+func (b *Batch) Changed() bool { return len(b.users) > 0 || len(b.clog) > 0 }
+
+// Users is the number of user updates in the batch.
+func (b *Batch) Users() int { return len(b.users) }
 
 // Close discards the batch. The batch's creator closes it, committed or
 // not.
 func (b *Batch) Close() {
 	b.b.Close()
-	b.users = nil
+	b.users, b.clog, b.cp = nil, nil, nil
 }
 
 // Commit applies the batches and the header atomically, removes the
@@ -553,7 +598,10 @@ type WatermarkAdvance struct {
 // replaying that input from the previous checkpoint, with the same
 // wall-clock watermark advances, gives the same rows again.
 type Intent struct {
-	Epoch      uint64
+	Epoch uint64
+	// Writer names the process that wrote the epoch (its instance id): the
+	// sink tells its requests by writer and epoch.
+	Writer     string
 	Partitions map[int32]IntentPartition
 	// DeadLetterEnds are the dead-letter topic's end offsets before the
 	// epoch's dead letters were produced: after a crash, the records from

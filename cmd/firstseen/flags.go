@@ -79,6 +79,12 @@ type pipelineFlags struct {
 	cpuProfile         string
 	bufferMiB          int
 	memoryLimitMiB     int
+	instanceID         string
+	changelogTopic     string
+	repartition        bool
+	repartitionTopic   string
+	metricsAddr        string
+	sessionTimeout     time.Duration
 }
 
 // addKafka registers the Kafka flags. Every command that touches the topic
@@ -86,11 +92,22 @@ type pipelineFlags struct {
 func (f *pipelineFlags) addKafka(fs *pflag.FlagSet) {
 	fs.StringVar(&f.brokersList, "brokers", "localhost:9092", "Kafka bootstrap brokers, comma-separated host:port")
 	fs.StringVar(&f.topic, "topic", "", "Kafka topic of the activity logs (required)")
-	fs.StringVar(&f.group, "group", "firstseen", "consumer group under which progress is committed for lag monitoring")
+	fs.StringVar(&f.group, "group", "firstseen", "consumer group: the processes with the same group share the topic's partitions (and its changelog, <group>-state)")
 	fs.StringVar(&f.dlqTopic, "dlq-topic", "", "dead-letter topic for malformed records (default <topic>.dlq)")
 }
 
 // addState registers --state-dir.
+// addGroup registers the flags of a processor that shares its topic with
+// other replicas.
+func (f *pipelineFlags) addGroup(fs *pflag.FlagSet) {
+	fs.StringVar(&f.instanceID, "instance-id", "", "static group membership (KIP-345): a stable name for this replica, such as its StatefulSet pod name; a restart within the session timeout then keeps its partitions (empty: dynamic membership)")
+	fs.DurationVar(&f.sessionTimeout, "session-timeout", 45*time.Second, "how long the group waits for a replica that stopped heartbeating before its partitions move to the others; a replica restarted within it (with --instance-id) keeps its partitions")
+	fs.StringVar(&f.changelogTopic, "changelog-topic", "", "compacted topic every partition's state changes are written to and restored from (default <group>-state)")
+	fs.BoolVar(&f.repartition, "repartition", false, "re-key the input by the canonical uuid into --repartition-topic first (exactly once, with Kafka transactions), for producers that do not key records by the uuid")
+	fs.StringVar(&f.repartitionTopic, "repartition-topic", "", "with --repartition: the internal topic of re-keyed records (default <group>-repartition)")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", ":9090", "address of the HTTP listener for /metrics (Prometheus), /healthz and /readyz (0: none)")
+}
+
 func (f *pipelineFlags) addState(fs *pflag.FlagSet) {
 	fs.StringVar(&f.stateDir, "state-dir", "firstseen-state", "directory of the local state (Pebble): first-seen times, offsets, watermarks, held records")
 }
@@ -273,6 +290,7 @@ func (f *pipelineFlags) logger() (*slog.Logger, error) {
 func (f *pipelineFlags) engineConfig(op operators.Config, log *slog.Logger) engine.Config {
 	return engine.Config{
 		Brokers: f.brokers, Topic: f.topic, Group: f.group, DLQTopic: f.dlqTopic, StateDir: f.stateDir,
+		InstanceID: f.instanceID, ChangelogTopic: f.changelogTopic, SessionTimeout: f.sessionTimeout,
 		Operator: op, CheckpointInterval: f.checkpointInterval, BufferBytes: f.bufferMiB << 20,
 		ShutdownTimeout: f.shutdownTimeout, Logger: log,
 	}

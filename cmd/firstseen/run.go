@@ -36,14 +36,27 @@ whose user might still turn out to have been active on an earlier day waits
 until the watermark passes that midnight; all others are written at the next
 checkpoint. Malformed records go to --dlq-topic with the reason in a header.
 
-State, offsets and watermarks live in --state-dir; a restart resumes from
-there, never from the consumer group's offsets (which are committed only so
-that lag tools see progress). On SIGTERM or SIGINT it takes a final checkpoint
-and exits 0 within --shutdown-timeout; a second signal exits at once, which is
-safe: the next start replays from the last checkpoint.`,
+Several processes with the same --group share the topic's partitions (run one
+per StatefulSet pod, with --instance-id set to the pod name). Each keeps the
+state of its partitions in --state-dir (one Pebble database per partition) and
+writes every change to the compacted changelog topic (<group>-state); a
+process that gains a partition (a rescale, a dead replica, a lost volume)
+restores it from the changelog before processing it. Records of one user must
+be on one partition: producers key by the canonical uuid, or --repartition
+re-keys them first. Records off their uuid's partition are counted
+(firstseen_misplaced_records_total) and warned about.
+
+A restart resumes from the checkpoints, never from the consumer group's
+offsets (which are committed only so that lag tools see progress). On SIGTERM
+or SIGINT it takes a final checkpoint and exits 0 within --shutdown-timeout; a
+second signal exits at once, which is safe: the next start replays from the
+last checkpoint.`,
 		Example: `  firstseen run --brokers kafka-1:9092,kafka-2:9092 --topic activity \
       --clickhouse-addr clickhouse:9000 --clickhouse-database analytics \
       --state-dir /var/lib/firstseen --timezone Asia/Shanghai
+
+  # One replica of a StatefulSet (the settings in FIRSTSEEN_* variables).
+  FIRSTSEEN_INSTANCE_ID=$POD_NAME firstseen run --topic activity --group firstseen
 
   # A daily batch job: process what is there, checkpoint, exit 0.
   firstseen run --topic activity --until-caught-up`,
@@ -108,7 +121,13 @@ safe: the next start replays from the last checkpoint.`,
 			default:
 				return usageError{fmt.Errorf("--sink %q: want clickhouse or file", sinkKind)}
 			}
-			st, err := engine.Run(ctx, cfg)
+			cfg.Status = &engine.Status{}
+			stopServe, err := serveStatus(f.metricsAddr, cmd.Flags().Changed("metrics-addr") || os.Getenv(envName("metrics-addr")) != "", cfg.Status, f.checkpointInterval, log)
+			if err != nil {
+				return err
+			}
+			defer stopServe()
+			st, err := runPipeline(ctx, &f, cfg)
 			if err == nil || st.Records > 0 {
 				logSummary(log, st)
 			}
@@ -118,6 +137,7 @@ safe: the next start replays from the last checkpoint.`,
 	fs := cmd.Flags()
 	fs.SortFlags = false
 	f.addKafka(fs)
+	f.addGroup(fs)
 	f.addState(fs)
 	f.addClickHouse(fs, "enriched_logs")
 	f.addEvent(fs)
@@ -174,6 +194,15 @@ func signalContext(log *slog.Logger) (context.Context, func()) {
 		os.Exit(128 + int(s.(syscall.Signal)))
 	}()
 	return ctx, func() { signal.Stop(ch); cancel() }
+}
+
+// runPipeline runs the processor, behind the repartitioner with
+// --repartition.
+func runPipeline(ctx context.Context, f *pipelineFlags, cfg engine.Config) (engine.Stats, error) {
+	if !f.repartition {
+		return engine.Run(ctx, cfg)
+	}
+	return runRepartitioned(ctx, f, cfg)
 }
 
 func logSummary(log *slog.Logger, st engine.Stats) {

@@ -38,12 +38,14 @@
 // Plain MergeTree has no server-side deduplication on old servers, and one
 // INSERT is atomic only within one table partition (month), so a failed
 // write may have landed partly. The rows of an epoch are identified by
-// (src_partition, src_offset, _epoch): a retried Write of the same batch
-// inserts only the rows the failed one did not land. After a crash the
-// engine replays the unfinished epoch and writes it with Batch.Retry set:
-// the sink waits until no INSERT of that epoch still runs on the server
-// (their query ids carry the table and epoch), reads which offsets of the
-// epoch are already in the table, and inserts only the rest.
+// (src_partition, src_offset): a retried Write of the same batch inserts
+// only the rows the failed one did not land. After a crash the engine
+// replays the unfinished epoch and writes it with Batch.Retry set, naming
+// the attempts that may have landed rows (Batch.Unsure; possibly another
+// replica's): the sink waits until no INSERT of those attempts still runs
+// on the server (their query ids carry the table, the writer and the
+// epoch), reads which offsets of the batch's partitions are already in the
+// table, and inserts only the rest.
 package clickhouse
 
 import (
@@ -194,8 +196,9 @@ type Sink struct {
 	keep  []int32 // rows of a retried batch that are not in the table
 
 	// After a failed Write: its epoch and the query ids of its INSERTs.
-	unsure      bool
-	unsureEpoch uint64
+	unsure       bool
+	unsureEpoch  uint64
+	unsureWriter string
 }
 
 // Open connects to ClickHouse, creates the database and the table when they
@@ -449,7 +452,7 @@ func (s *Sink) Write(ctx context.Context, b *sinks.Batch) error {
 	}
 	defer s.release()
 	s.runs = s.runs[:0]
-	if b.Retry || (s.unsure && s.unsureEpoch == b.Epoch) {
+	if b.Retry || (s.unsure && s.unsureEpoch == b.Epoch && s.unsureWriter == b.Writer) {
 		if err := s.selectNotLanded(ctx, b); err != nil {
 			return s.wrap(fmt.Sprintf("cannot check which rows of epoch %d a failed insert left in %s",
 				b.Epoch, s.table), err)
@@ -463,10 +466,10 @@ func (s *Sink) Write(ctx context.Context, b *sinks.Batch) error {
 	for _, r := range s.runs {
 		n += r.len()
 	}
-	s.unsure, s.unsureEpoch = true, b.Epoch // until every INSERT succeeded
+	s.unsure, s.unsureEpoch, s.unsureWriter = true, b.Epoch, b.Writer // until every INSERT succeeded
 	for lo := 0; lo < n; lo += maxInsertRows {
 		hi := min(lo+maxInsertRows, n)
-		if err := s.insertRows(ctx, b.Epoch, lo, hi); err != nil {
+		if err := s.insertRows(ctx, b.Writer, b.Epoch, lo, hi); err != nil {
 			if lo == 0 && hi == n {
 				return s.wrap(fmt.Sprintf("insert of %d row(s) into %s", n, s.table), err)
 			}
@@ -496,8 +499,8 @@ func (r run) row(i int) int {
 
 // insertRows sends rows [lo, hi) of s.runs, which hold rows of epoch, as one
 // INSERT, streamed in blocks.
-func (s *Sink) insertRows(ctx context.Context, epoch uint64, lo, hi int) (err error) {
-	id := s.queryIDPrefix(epoch) + fmt.Sprintf("%016x", rand.Uint64())
+func (s *Sink) insertRows(ctx context.Context, writer string, epoch uint64, lo, hi int) (err error) {
+	id := s.queryIDPrefix(writer, epoch) + fmt.Sprintf("%016x", rand.Uint64())
 	opts := []ch.QueryOption{ch.WithQueryID(id)}
 	if s.major >= dedupTokenMajor {
 		h := newTokenHash()
@@ -674,13 +677,19 @@ var errInsertRunning = errors.New("the failed insert is still running on the ser
 // selectNotLanded waits until the server no longer runs the INSERTs of the
 // failed Write and sets s.runs to the rows of b that are not in the table.
 func (s *Sink) selectNotLanded(ctx context.Context, b *sinks.Batch) error {
-	// An INSERT of this epoch may still be running: one this process gave up
-	// on, or one a crashed process had fully sent. Its query id tells.
-	q := "SELECT count() FROM system.processes WHERE query_id LIKE " + quoteString(s.queryIDPrefix(b.Epoch)+"%")
+	// An INSERT of this batch may still be running: one this process gave
+	// up on, or one a crashed process had fully sent. Its query id tells.
+	var q strings.Builder
+	q.WriteString("SELECT count() FROM system.processes WHERE query_id LIKE ")
+	q.WriteString(quoteString(s.queryIDPrefix(b.Writer, b.Epoch) + "%"))
+	for _, a := range b.Unsure {
+		q.WriteString(" OR query_id LIKE ")
+		q.WriteString(quoteString(s.queryIDPrefix(a.Writer, a.Epoch) + "%"))
+	}
 	deadline := time.Now().Add(insertWait)
 	for {
 		var running uint64
-		if err := s.conn.QueryRow(ctx, q).Scan(&running); err != nil {
+		if err := s.conn.QueryRow(ctx, q.String()).Scan(&running); err != nil {
 			return err
 		}
 		if running == 0 {
@@ -696,18 +705,25 @@ func (s *Sink) selectNotLanded(ctx context.Context, b *sinks.Batch) error {
 		}
 	}
 	parts := b.Parts()
-	dates := make(map[int32]map[int32]struct{}) // partition -> event dates
+	type span struct {
+		dates  map[int32]struct{}
+		lo, hi int64 // offsets
+	}
+	spans := make(map[int32]*span) // partition -> its rows' dates and offsets
 	for _, b := range parts {
 		for i, p := range b.Partition {
-			if dates[p] == nil {
-				dates[p] = make(map[int32]struct{})
+			sp := spans[p]
+			if sp == nil {
+				sp = &span{dates: make(map[int32]struct{}), lo: b.Offset[i], hi: b.Offset[i]}
+				spans[p] = sp
 			}
-			dates[p][b.EventDate[i]] = struct{}{}
+			sp.dates[b.EventDate[i]] = struct{}{}
+			sp.lo, sp.hi = min(sp.lo, b.Offset[i]), max(sp.hi, b.Offset[i])
 		}
 	}
-	landed := make(map[int32]map[int64]struct{}, len(dates))
-	for p, ds := range dates {
-		l, err := s.landed(ctx, p, b.Epoch, slices.Collect(maps.Keys(ds)))
+	landed := make(map[int32]map[int64]struct{}, len(spans))
+	for p, sp := range spans {
+		l, err := s.landedOffsets(ctx, p, sp.lo, sp.hi, slices.Collect(maps.Keys(sp.dates)))
 		if err != nil {
 			return err
 		}
@@ -739,13 +755,24 @@ func (s *Sink) Landed(ctx context.Context, partition int32, epoch uint64, dates 
 }
 
 func (s *Sink) landed(ctx context.Context, partition int32, epoch uint64, dates []int32) (map[int64]struct{}, error) {
+	return s.selectOffsets(ctx, partition, " AND _epoch = "+strconv.FormatUint(epoch, 10), dates)
+}
+
+// landedOffsets returns the src_offset values between lo and hi (inclusive)
+// already in the table for src_partition = partition, restricted to the
+// given event dates. A row is identified by its source partition and
+// offset, whoever wrote it.
+func (s *Sink) landedOffsets(ctx context.Context, partition int32, lo, hi int64, dates []int32) (map[int64]struct{}, error) {
+	return s.selectOffsets(ctx, partition, fmt.Sprintf(" AND src_offset BETWEEN %d AND %d", lo, hi), dates)
+}
+
+func (s *Sink) selectOffsets(ctx context.Context, partition int32, cond string, dates []int32) (map[int64]struct{}, error) {
 	var q strings.Builder
 	q.WriteString("SELECT src_offset FROM ")
 	q.WriteString(s.table)
 	q.WriteString(" WHERE src_partition = ")
 	q.WriteString(strconv.FormatInt(int64(partition), 10))
-	q.WriteString(" AND _epoch = ")
-	q.WriteString(strconv.FormatUint(epoch, 10))
+	q.WriteString(cond)
 	if len(dates) > 0 {
 		days := slices.Clone(dates)
 		slices.Sort(days)
@@ -859,6 +886,17 @@ func boolByte(b bool) uint8 {
 
 // queryIDPrefix starts the query id of every INSERT of an epoch into this
 // table, so that a later Write of the epoch can wait for them to finish.
-func (s *Sink) queryIDPrefix(epoch uint64) string {
-	return fmt.Sprintf("firstseen-%08x-%d-", crc32.ChecksumIEEE([]byte(s.table)), epoch)
+func (s *Sink) queryIDPrefix(writer string, epoch uint64) string {
+	return fmt.Sprintf("firstseen-%08x-%s-%d-", crc32.ChecksumIEEE([]byte(s.table)), queryIDSafe(writer), epoch)
+}
+
+// queryIDSafe keeps letters, digits, '.' and '-' of a writer's name (a pod
+// name is made of these), so that it is literal in a LIKE pattern.
+func queryIDSafe(w string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '.' || r == '-' || (r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') {
+			return r
+		}
+		return 'x'
+	}, w)
 }

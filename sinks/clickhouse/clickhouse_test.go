@@ -935,7 +935,7 @@ func TestRetryWaitsForRunningInsert(t *testing.T) {
 
 	// An INSERT of epoch 4 from a crashed process is still running on the
 	// server: a query with that epoch's id prefix.
-	id := s.queryIDPrefix(4) + "running"
+	id := s.queryIDPrefix("", 4) + "running"
 	done := make(chan error, 1)
 	go func() {
 		done <- s.Conn().Exec(ch.Context(context.Background(), ch.WithQueryID(id)), "SELECT sleep(2)")
