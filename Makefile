@@ -9,12 +9,15 @@ GO ?= go
 # then runs every test with the race detector. Tests that need ClickHouse
 # fail (not skip) here when it cannot be reached. The allocation tests run
 # again without -race, whose instrumentation (and Pebble's invariant checks)
-# allocate.
+# allocate. Then the deployment (deploy/validate, a module of its own):
+# the kustomize output validated against the Kubernetes schemas
+# (kubeconform, strict), the Dockerfile against BuildKit's build checks.
 test:
 	.ci/clickhouse ensure
 	.ci/redis ensure
 	FIRSTSEEN_REQUIRE_CLICKHOUSE=1 $(GO) test -race -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -run 'Allocate' ./...
+	cd deploy/validate && $(GO) test -count=1 -timeout 20m ./...
 
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/firstseen ./cmd/firstseen
@@ -25,6 +28,7 @@ demo:
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: the files above need formatting'; exit 1; }
 	$(GO) vet ./...
+	cd deploy/validate && $(GO) vet ./...
 
 # bench measures firstseen end to end beside the Redis hash design it
 # replaces, with a broker process, ClickHouse and redis-server (installed

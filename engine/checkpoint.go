@@ -252,6 +252,7 @@ func (p *pipeline) crashPoint(name string, output bool) error {
 func (p *pipeline) retry(ctx context.Context, what string, fn func() error, retryable func(error) bool) error {
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
+		p.status.Alive.Store(time.Now().UnixMilli())
 		err := fn()
 		if err == nil {
 			if attempt > 1 {

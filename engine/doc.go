@@ -5,23 +5,34 @@
 //
 // The moving parts, and who owns what:
 //
+//	group client (franz-go)    joins the consumer group (static membership,
+//	                           cooperative-sticky); its callbacks restore a
+//	                           gained partition before it is fetched and
+//	                           drop a revoked one (group.go)
 //	poller (1 goroutine)       kgo client -> per-partition channels (source.go)
 //	end watcher (1 goroutine)  lists log ends; idleness is judged on them
-//	task (1 per partition)     owns its operators.FirstSeen, its uncommitted
-//	                           state and its output buffers (task.go)
+//	task (1 per partition)     owns its operators.FirstSeen, its partition's
+//	                           Pebble database, its uncommitted state and its
+//	                           output buffers (task.go)
 //	coordinator (Run's goroutine)
-//	                           timers, checkpoints, recovery, shutdown; talks
-//	                           to tasks only through their control channel
-//	                           (pipeline.go, checkpoint.go)
+//	                           timers, checkpoints, starting and stopping
+//	                           tasks, shutdown; talks to tasks only through
+//	                           their control channel (pipeline.go,
+//	                           checkpoint.go)
 //
 // A checkpoint (epoch e): barrier (tasks hand over rows, dead letters and a
-// state batch, and go on with e+1), a synced intent naming the input e
-// covers, the sink write, the dead letters, one synced Pebble commit of all
-// state with the intent removed, then consumer-group offsets for lag tools.
-// On start, an intent left by a crash is completed by deterministic replay,
-// writing only what did not land. docs/checkpoints.md has the protocol and a
-// table of crash points.
+// state batch, and go on with e+1), the intents of the partitions with
+// output in one transaction on the changelog topic, the sink write, the dead
+// letters, the state changes and each partition's checkpoint in one more
+// changelog transaction, a synced commit of each partition's database, then
+// consumer-group offsets for lag tools. A partition whose last changelog
+// intent is not followed by a checkpoint was interrupted: whoever owns it
+// next (this process after a crash, or another replica) replays that epoch
+// deterministically and writes only what did not land. docs/checkpoints.md
+// has the protocol and a table of crash points; docs/scaling.md how
+// partitions and their state move between replicas.
 //
-// Shutdown is ordered: stop the poller and the watcher, stop the tasks and
-// wait for them, close the Kafka client, close the state.
+// Shutdown is ordered: the coordinator takes a final checkpoint and stops
+// taking requests, the poller and the watcher stop, the tasks stop and close
+// their databases, then the Kafka clients close.
 package engine

@@ -69,6 +69,10 @@ type Status struct {
 	// one was committed (unix ms).
 	Checkpoints    atomic.Uint64
 	LastCheckpoint atomic.Int64
+	// Alive is when the coordinator last showed it was not wedged (unix
+	// ms): every tick of its loop, and every attempt of a retried sink
+	// write or produce, which can last as long as an outage.
+	Alive atomic.Int64
 }
 
 // onAssigned prepares newly assigned partitions and returns the offsets to

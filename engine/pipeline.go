@@ -20,8 +20,8 @@ import (
 
 // Config configures a pipeline run.
 type Config struct {
-	Brokers  []string
-	Topic    string
+	Brokers []string
+	Topic   string
 	// Group is the consumer group that the processes sharing the topic's
 	// partitions join (default "firstseen").
 	Group string
@@ -37,9 +37,9 @@ type Config struct {
 	// ChangelogTopic is the compacted topic that every partition's state
 	// changes are written to (default Group + "-state").
 	ChangelogTopic string
-	DLQTopic string // default Topic + ".dlq"
-	StateDir string
-	State    state.Options
+	DLQTopic       string // default Topic + ".dlq"
+	StateDir       string
+	State          state.Options
 
 	Operator operators.Config // its Calendar's zone is recorded in checkpoints
 
@@ -136,7 +136,8 @@ const minTaskBufferBytes = 1 << 20
 type TestingKnobs struct {
 	// CrashAt is called at named points of every checkpoint that has rows
 	// or dead letters ("before sink write", "after sink write", "after dead
-	// letters"); an error ends the run there, as a crash would.
+	// letters", "after changelog"); an error ends the run there, as a crash
+	// would.
 	CrashAt func(point string) error
 }
 
@@ -178,8 +179,8 @@ type pipeline struct {
 	snapshotAt time.Time
 	// assigned: a partition was assigned at least once; restoring counts
 	// assignments being prepared.
-	assigned  atomic.Bool
-	restoring atomic.Int32
+	assigned    atomic.Bool
+	restoring   atomic.Int32
 	misplaced   int64 // records off their uuid's partition, as last reported
 	warnedAt    time.Time
 	status      *Status
@@ -371,6 +372,7 @@ func (p *pipeline) coordinate(ctx context.Context, pollDone <-chan error) error 
 			}
 			cpTimer.Reset(p.cfg.CheckpointInterval)
 		case <-tick.C:
+			p.status.Alive.Store(time.Now().UnixMilli())
 			done := p.assigned.Load() && p.restoring.Load() == 0
 			for _, t := range p.tasks {
 				if at, ok := t.caughtUpAt(); ok {

@@ -105,11 +105,17 @@ func TestRecoveryAfterCrashDuringWrite(t *testing.T) {
 }
 
 // TestRecoveryAtEveryCrashPoint stops a checkpoint at each of its crash
-// points, then restarts: the table and the dead-letter topic must hold every
-// record exactly once.
+// points, then restarts, on the same state directory (a restarted process)
+// or on an empty one (another replica taking over, or a lost volume: all
+// it knows comes from the changelog): the table and the dead-letter topic
+// must hold every record exactly once.
 func TestRecoveryAtEveryCrashPoint(t *testing.T) {
-	for _, point := range []string{"before sink write", "after sink write", "after dead letters"} {
-		t.Run(point, func(t *testing.T) {
+	for _, tc := range []struct{ point, dir string }{
+		{"before sink write", "same"}, {"after sink write", "same"}, {"after dead letters", "same"}, {"after changelog", "same"},
+		{"before sink write", "new"}, {"after sink write", "new"}, {"after dead letters", "new"}, {"after changelog", "new"},
+	} {
+		point := tc.point
+		t.Run(point+", "+tc.dir+" state dir", func(t *testing.T) {
 			f := newFixture(t, 2, workload.Config{Users: 1500, Days: 2, Seed: 21,
 				Start: time.Date(2026, 7, 1, 0, 0, 0, 0, time.UTC), LateShare: 0.01, MalformedShare: 0.02})
 			want := workload.Oracle(f.recs, operators.Config{}, nil)
@@ -134,6 +140,9 @@ func TestRecoveryAtEveryCrashPoint(t *testing.T) {
 				t.Fatalf("first run: %v, want the simulated crash (%d checkpoints with output)", err, crashed)
 			}
 			f.produce(t, f.recs[half:])
+			if tc.dir == "new" {
+				cfg.StateDir = t.TempDir()
+			}
 			if _, err := engine.Run(context.Background(), cfg); err != nil {
 				t.Fatal(err)
 			}

@@ -370,7 +370,7 @@ type task struct {
 	// checkpoint; checkpointed is that checkpoint's position.
 	changelogNext int64
 	checkpointed  state.PartitionCheckpoint
-	epochSeen     uint64 // the highest epoch in the partition's checkpoint or intent
+	epochSeen     uint64       // the highest epoch in the partition's checkpoint or intent
 	misplaced     atomic.Int64 // op.Misplaced, published
 	replaying     atomic.Bool  // limit >= 0, published
 

@@ -22,6 +22,7 @@ import (
 //
 //	/metrics  Prometheus exposition
 //	/healthz  200 while the process is alive and its checkpoint loop moves
+//	          (a write retried through a sink outage counts as moving)
 //	/readyz   200 once the partitions assigned so far are restored and a
 //	          checkpoint has been taken since
 
@@ -39,14 +40,15 @@ func serveStatus(addr string, explicit bool, st *engine.Status, interval time.Du
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		// A checkpoint is due every interval; a loop that took none for
-		// far longer is wedged (a restore, which can be long, excepted).
-		last := time.UnixMilli(st.LastCheckpoint.Load())
+		// The coordinator marks itself alive at every tick of its loop
+		// and every attempt of a retried write: silence means it is
+		// wedged. A sink outage is not (restarting would not help).
+		last := time.UnixMilli(st.Alive.Load())
 		if last.Before(started) {
 			last = started
 		}
-		if stale := time.Since(last); st.Restoring.Load() == 0 && stale > 10*interval+5*time.Minute {
-			http.Error(w, fmt.Sprintf("no checkpoint for %s", stale.Round(time.Second)), http.StatusServiceUnavailable)
+		if stale := time.Since(last); stale > 2*time.Minute+2*interval {
+			http.Error(w, fmt.Sprintf("the checkpoint loop has not moved for %s", stale.Round(time.Second)), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")
