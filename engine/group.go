@@ -451,6 +451,16 @@ func checkLayout(dir string) error {
 	return os.MkdirAll(dir, 0o755)
 }
 
+// InstanceName is the name a run with these settings takes in the consumer
+// group: instance, or else the name kept in stateDir (created if missing).
+// Stages beside the processor (the repartitioner) use it too.
+func InstanceName(stateDir, instance string) (string, error) {
+	if err := checkLayout(stateDir); err != nil {
+		return "", err
+	}
+	return writerID(stateDir, instance)
+}
+
 // writerID names this process in the changelog's transactional id and the
 // sink's requests: the instance id, or else a random name kept in the
 // state directory, so that a restart with the same directory is the same
