@@ -229,7 +229,12 @@ func (p *pipeline) restore(ctx context.Context, wants []*restoreWant, h state.He
 			kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{p.cfg.ChangelogTopic: offsets}),
 			kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 			kgo.KeepControlRecords(),
-			kgo.FetchMaxPartitionBytes(16 << 20),
+			// Small fetches: the restored records are copied into the
+			// loader at once, and a restore must fit beside a running
+			// processor (with 16 MiB, 10M users peaked at 940 MB RSS;
+			// with these, 255 MB, and faster).
+			kgo.FetchMaxPartitionBytes(1 << 20),
+			kgo.FetchMaxBytes(4 << 20),
 			kgo.WithLogger(KafkaLogger(p.log)),
 		}, p.cfg.KafkaOptions...)
 		cl, err := kgo.NewClient(opts...)

@@ -444,7 +444,7 @@ func partitionDir(stateDir string, part int32) string {
 // checkLayout refuses a state directory written by a firstseen that kept
 // all partitions in one database.
 func checkLayout(dir string) error {
-	if _, err := os.Stat(filepath.Join(dir, "CURRENT")); err == nil {
+	if m, _ := filepath.Glob(filepath.Join(dir, "marker.manifest.*")); len(m) > 0 {
 		return fmt.Errorf("state dir %s holds a state of an older firstseen (one database for all partitions, no "+
 			"changelog): move it away and start with an empty --state-dir, then bootstrap", dir)
 	}

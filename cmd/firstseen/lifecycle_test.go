@@ -47,7 +47,7 @@ func TestBootstrapThenRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := filepath.Join(dir, "state")
-	if out, err := execute(t, "bootstrap", "--state-dir", st, "--log-level", "error", users); err != nil {
+	if out, err := execute(t, "bootstrap", "--brokers", broker.ListenAddrs()[0], "--topic", "logs", "--log-level", "error", users); err != nil {
 		t.Fatalf("bootstrap: %v\n%s", err, out)
 	}
 	enginetest.Produce(t, broker.ListenAddrs(), "logs", recs)
@@ -95,8 +95,15 @@ func TestBootstrapThenRun(t *testing.T) {
 		t.Fatalf("export: %v\n%s", err, out)
 	}
 	st2 := filepath.Join(dir, "state2")
-	if out, err := execute(t, "bootstrap", "--state-dir", st2, "--log-level", "error", a); err != nil {
+	// Into another group's changelog; a run of that group restores it.
+	if out, err := execute(t, "bootstrap", "--brokers", broker.ListenAddrs()[0], "--topic", "logs", "--group", "copy",
+		"--log-level", "error", a); err != nil {
 		t.Fatalf("bootstrap of the export: %v\n%s", err, out)
+	}
+	if out, err := execute(t, "run", "--brokers", broker.ListenAddrs()[0], "--topic", "logs", "--group", "copy", "--state-dir", st2,
+		"--sink", "file", "--sink-path", filepath.Join(dir, "rows2.jsonl"), "--until-caught-up", "--checkpoint-interval", "200ms",
+		"--log-level", "error"); err != nil {
+		t.Fatalf("run of the copy: %v\n%s", err, out)
 	}
 	if out, err := execute(t, "state", "export", "--state-dir", st2, "--output", b); err != nil {
 		t.Fatalf("export: %v\n%s", err, out)
@@ -124,7 +131,7 @@ func TestStateCommandsWhileRunning(t *testing.T) {
 	dir := t.TempDir()
 	p := start(t, "run", nil, "run", "--brokers", broker.ListenAddrs()[0], "--topic", "logs", "--state-dir", dir,
 		"--sink", "file", "--sink-path", filepath.Join(t.TempDir(), "rows.jsonl"), "--checkpoint-interval", "200ms",
-		"--log-format", "json")
+		"--snapshot-interval", "1s", "--log-format", "json")
 	p.waitOutput(t, `"msg":"starting"`, 30*time.Second)
 	var out string
 	deadline := time.Now().Add(20 * time.Second)
