@@ -35,9 +35,11 @@ import (
 //   - Revoked (onRevoked): the coordinator takes a checkpoint, so that the
 //     next owner resumes where this one stopped, then stops the partition's
 //     task and removes its database.
-//   - Lost (the group session expired: another replica may own the
-//     partitions now): the run ends with an error; committing anything more
-//     could race the new owner. Restarted, the process rejoins.
+//   - Lost (the group session expired, or the coordinator could not be
+//     reached: another replica may own the partitions now): their tasks
+//     stop without a checkpoint (committing anything more could race the
+//     new owner); their databases stay, so if they come back (a broker
+//     restart) they resume from their last checkpoint.
 
 // assignment asks the coordinator to start prepared tasks.
 type assignment struct {
@@ -45,9 +47,11 @@ type assignment struct {
 	reply chan error
 }
 
-// revocation asks the coordinator to checkpoint and drop partitions.
+// revocation asks the coordinator to checkpoint and drop partitions, or,
+// when they were lost, just to stop them.
 type revocation struct {
 	partitions []int32
+	lost       bool
 	reply      chan error
 }
 
@@ -151,16 +155,25 @@ func (p *pipeline) onRevoked(ctx context.Context, _ *kgo.Client, revoked map[str
 	}
 }
 
-// onLost ends the run: another replica may own the partitions already.
-func (p *pipeline) onLost(_ context.Context, _ *kgo.Client, lost map[string][]int32) {
-	if len(lost[p.cfg.Topic]) == 0 {
+// onLost stops the lost partitions' tasks without a checkpoint: another
+// replica may own them already, so nothing more of theirs may be
+// committed. Their databases stay (at the last checkpoint); if the group
+// gives the partitions back, as after a broker restart, they resume from
+// there after reading the changelog's tail.
+func (p *pipeline) onLost(ctx context.Context, _ *kgo.Client, lost map[string][]int32) {
+	parts := lost[p.cfg.Topic]
+	if len(parts) == 0 {
 		return
 	}
+	p.log.Warn("kafka: the consumer group session was lost (the group coordinator could not be reached, or the "+
+		"session timed out); dropping the uncommitted work of these partitions, which resume from their last "+
+		"checkpoint wherever the group assigns them", "partitions", parts)
+	reply := make(chan error, 1)
 	select {
-	case p.fatal <- fmt.Errorf("kafka: this process lost its consumer group session and partitions %v "+
-		"(it could not reach the group coordinator within the session timeout); exiting so that a restart rejoins "+
-		"and resumes from the last checkpoint", lost[p.cfg.Topic]):
-	default:
+	case p.revokes <- revocation{partitions: parts, lost: true, reply: reply}:
+		<-reply
+	case <-p.done:
+	case <-ctx.Done():
 	}
 }
 
@@ -334,9 +347,15 @@ func (p *pipeline) addTasks(tasks []*task) error {
 
 // removeTasks checkpoints, then stops the tasks of the given partitions and
 // removes their databases (coordinator only).
-func (p *pipeline) removeTasks(ctx context.Context, parts []int32) error {
-	if err := p.checkpoint(ctx); err != nil {
-		return err
+//
+// Lost partitions (lost) are stopped without a checkpoint and keep their
+// databases: their uncommitted work is dropped, and the next owner replays
+// it from the last checkpoint.
+func (p *pipeline) removeTasks(ctx context.Context, parts []int32, lost bool) error {
+	if !lost {
+		if err := p.checkpoint(ctx); err != nil {
+			return err
+		}
 	}
 	for _, part := range parts {
 		t := p.byPartition(part)
@@ -356,7 +375,10 @@ func (p *pipeline) removeTasks(ctx context.Context, parts []int32) error {
 		if err := t.db.Close(); err != nil {
 			p.log.Warn("closing the state of a revoked partition", "partition", part, "err", err)
 		}
-		if err := os.RemoveAll(dir); err != nil {
+		if lost {
+			// The records it had fetched beyond its checkpoint are
+			// processed again by the next owner.
+		} else if err := os.RemoveAll(dir); err != nil {
 			p.log.Warn("removing the state of a revoked partition", "partition", part, "dir", dir, "err", err)
 		}
 		kept := p.tasks[:0]
@@ -368,7 +390,9 @@ func (p *pipeline) removeTasks(ctx context.Context, parts []int32) error {
 		p.tasks = kept
 	}
 	p.sortTasks()
-	p.log.Info("partitions revoked: checkpointed and dropped", "partitions", parts)
+	if !lost {
+		p.log.Info("partitions revoked: checkpointed and dropped", "partitions", parts)
+	}
 	return nil
 }
 

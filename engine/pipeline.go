@@ -357,7 +357,7 @@ func (p *pipeline) coordinate(ctx context.Context, pollDone <-chan error) error 
 		case a := <-p.assigns:
 			a.reply <- p.addTasks(a.tasks)
 		case r := <-p.revokes:
-			err := p.removeTasks(cpCtx, r.partitions)
+			err := p.removeTasks(cpCtx, r.partitions, r.lost)
 			r.reply <- err
 			if err != nil {
 				return err

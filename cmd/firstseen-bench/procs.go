@@ -202,9 +202,10 @@ func waitForPort(ctx context.Context, addr string, c *child) error {
 	}
 }
 
-// dirBytes sums the sizes of the regular files directly in dir: for a
-// Pebble directory, its tables, write-ahead log and manifest (published
-// snapshots live in a subdirectory and are not counted).
+// dirBytes sums the sizes of the regular files directly in dir and in its
+// partition-N subdirectories: for a processor's state, each partition's
+// Pebble tables, write-ahead log and manifest (published snapshots live in
+// deeper subdirectories and are not counted).
 func dirBytes(dir string) (int64, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -212,6 +213,14 @@ func dirBytes(dir string) (int64, error) {
 	}
 	var n int64
 	for _, e := range ents {
+		if e.IsDir() && strings.HasPrefix(e.Name(), "partition-") {
+			sub, err := dirBytes(filepath.Join(dir, e.Name()))
+			if err != nil {
+				return 0, err
+			}
+			n += sub
+			continue
+		}
 		if !e.Type().IsRegular() {
 			continue
 		}

@@ -81,9 +81,18 @@ func (b *bench) runScale(ctx context.Context, run int) (scaleResult, error) {
 		}
 	}
 	dir := filepath.Join(b.work, fmt.Sprintf("run%d-scale", run))
+	// The workload goes to a topic of its own in two halves: the first
+	// process takes the first half, the restarted one the second. The
+	// bootstrap writes the extra users to the changelog of the processes'
+	// group, which the first process restores.
+	topic := fmt.Sprintf("scale-%d", run)
+	if err := createTopic(ctx, b.brokers, topic, b.o.partitions); err != nil {
+		return res, fmt.Errorf("create %s: %w", topic, err)
+	}
 	if extra > 0 {
 		boot, err := startChild("firstseen bootstrap", dir+"-bootstrap.log", nil, b.o.firstseen,
-			"bootstrap", "--state-dir", dir, "--input", b.scaleCSV, "--log-format", "json")
+			"bootstrap", "--brokers", b.brokers[0], "--topic", topic, "--group", filepath.Base(dir),
+			"--input", b.scaleCSV, "--log-format", "json")
 		if err != nil {
 			return res, err
 		}
@@ -98,12 +107,6 @@ func (b *bench) runScale(ctx context.Context, run int) (scaleResult, error) {
 		return res, err
 	}
 	defer sink.Close()
-	// The workload goes to a topic of its own in two halves: the first
-	// process takes the first half, the restarted one the second.
-	topic := fmt.Sprintf("scale-%d", run)
-	if err := createTopic(ctx, b.brokers, topic, b.o.partitions); err != nil {
-		return res, fmt.Errorf("create %s: %w", topic, err)
-	}
 	half := len(b.recs) / 2
 	if err := workload.Produce(ctx, b.brokers, topic, b.recs[:half]); err != nil {
 		return res, err
