@@ -284,11 +284,15 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	defer p.cl.Close()
 	defer p.stopTasks()
 	srcCtx, stopSource := context.WithCancel(context.Background())
-	pollDone := make(chan error, 1)
-	go func() { pollDone <- p.poll(srcCtx) }()
+	pollDone := make(chan error, 1) // the poller's result, for the coordinator
+	pollExited := make(chan struct{})
+	go func() {
+		defer close(pollExited)
+		pollDone <- p.poll(srcCtx)
+	}()
 	var watcher sync.WaitGroup
 	watcher.Go(func() { p.watchEnds(srcCtx, tickInterval(cfg.Operator.IdleTimeout)*5) })
-	defer func() { stopSource(); <-pollDone; watcher.Wait() }()
+	defer func() { stopSource(); <-pollExited; watcher.Wait() }()
 
 	err = p.coordinate(ctx, pollDone)
 	close(p.done)

@@ -97,8 +97,8 @@ func (p *pipeline) poll(ctx context.Context) error {
 		}
 		var fatal error
 		fs.EachError(func(topic string, part int32, err error) {
-			if errors.Is(err, context.Canceled) {
-				return
+			if errors.Is(err, context.Canceled) || errors.As(err, new(*kgo.ErrGroupSession)) {
+				return // a lost session is handled by onLost; the client rejoins
 			}
 			var ke *kerr.Error
 			if errors.As(err, &ke) && !ke.Retriable {

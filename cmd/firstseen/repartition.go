@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/firstseen/firstseen/engine"
@@ -37,8 +39,17 @@ func runRepartitioned(ctx context.Context, f *pipelineFlags, cfg engine.Config) 
 	if rcfg.Output == f.topic {
 		return engine.Stats{}, usageError{fmt.Errorf("--repartition-topic must differ from --topic")}
 	}
-	if _, err := repartition.EnsureTopic(ctx, rcfg); err != nil {
-		return engine.Stats{}, err
+	// Replicas starting together race to create the topic; the loser may
+	// not see it in the metadata at once.
+	for attempt := 1; ; attempt++ {
+		_, err := repartition.EnsureTopic(ctx, rcfg)
+		if err == nil {
+			break
+		}
+		if attempt == 10 || !errors.Is(err, kerr.UnknownTopicOrPartition) || ctx.Err() != nil {
+			return engine.Stats{}, err
+		}
+		time.Sleep(time.Duration(attempt) * 200 * time.Millisecond)
 	}
 	cfg.DLQTopic = cmp.Or(cfg.DLQTopic, f.topic+".dlq")
 	cfg.Topic = rcfg.Output
