@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/firstseen/firstseen/engine"
 	"github.com/firstseen/firstseen/operators"
 )
 
@@ -256,7 +257,7 @@ func (r *runner) options() []kgo.Opt {
 	cfg := r.cfg
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
-		kgo.WithLogger(kafkaLogger{r.log}),
+		kgo.WithLogger(engine.KafkaLogger(r.log.With("stage", "repartition"))),
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.Input),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
@@ -475,17 +476,4 @@ func (c *copier) copy(r *kgo.Record) (*kgo.Record, bool) {
 		kgo.RecordHeader{Key: HeaderOriginPartition, Value: part},
 		kgo.RecordHeader{Key: HeaderOriginOffset, Value: strconv.AppendInt(make([]byte, 0, 20), r.Offset, 10)})
 	return out, keyed
-}
-
-// kafkaLogger sends franz-go's warnings and errors to slog.
-type kafkaLogger struct{ l *slog.Logger }
-
-func (k kafkaLogger) Level() kgo.LogLevel { return kgo.LogLevelWarn }
-
-func (k kafkaLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
-	l := slog.LevelWarn
-	if level == kgo.LogLevelError {
-		l = slog.LevelError
-	}
-	k.l.Log(context.Background(), l, "repartition: kafka: "+msg, keyvals...)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/firstseen/firstseen/engine"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -30,7 +31,7 @@ func EnsureTopic(ctx context.Context, cfg Config) (partitions int, err error) {
 // input's partition count. The errors retrying cannot fix are permanent.
 func ensureTopic(ctx context.Context, cfg *Config) (in, out int, err error) {
 	brokers := strings.Join(cfg.Brokers, ",")
-	opts := append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...), kgo.WithLogger(kafkaLogger{cfg.Logger})}, cfg.KafkaOptions...)
+	opts := append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...), kgo.WithLogger(engine.KafkaLogger(cfg.Logger))}, cfg.KafkaOptions...)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return 0, 0, permanent(fmt.Errorf("repartition: kafka client: %w", err))
