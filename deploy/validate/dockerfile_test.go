@@ -220,6 +220,9 @@ func TestBrokenDockerContextIsCaught(t *testing.T) {
 		"binaries let through": {bytes.ReplaceAll(dockerignore(t), []byte("\nbin\n"), []byte("\n")), "should exclude bin/"},
 	} {
 		t.Run(name, func(t *testing.T) {
+			if name == "binaries let through" {
+				ensureBinDir(t) // a fresh clone has no bin/ until `make build`
+			}
 			var r *bytes.Reader
 			if c.ignore != nil {
 				r = bytes.NewReader(c.ignore)
@@ -242,5 +245,23 @@ func TestBrokenDockerContextIsCaught(t *testing.T) {
 			}
 			t.Errorf("no problem mentions %q", c.want)
 		})
+	}
+}
+
+// ensureBinDir makes sure the repository has a bin/ directory with a file
+// in it for the duration of the test, so that an ignore file that lets
+// binaries through has something to let through.
+func ensureBinDir(t *testing.T) {
+	t.Helper()
+	dir := filepath.Join(repoRoot, "bin")
+	if _, err := os.Stat(dir); err == nil {
+		return
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.WriteFile(filepath.Join(dir, "firstseen"), []byte("probe"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
