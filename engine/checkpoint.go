@@ -173,7 +173,7 @@ func (p *pipeline) checkpoint(ctx context.Context) error {
 	p.checkpoints++
 	p.status.Checkpoints.Store(p.checkpoints)
 	p.status.LastCheckpoint.Store(h.Time.UnixMilli())
-	if p.restoring.Load() == 0 {
+	if p.status.Restoring.Load() == 0 {
 		p.status.Ready.Store(true)
 	}
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -86,16 +87,16 @@ func (p *pipeline) onAssigned(ctx context.Context, offsets map[string]map[int32]
 	if len(parts) == 0 {
 		return offsets, nil
 	}
-	p.restoring.Add(1)
-	p.status.Ready.Store(false)
-	defer p.restoring.Add(-1)
 	began := time.Now()
 	var nums []int32
 	for part := range parts {
 		nums = append(nums, part)
 	}
+	// Restoring first: a checkpoint meanwhile must not mark the process
+	// ready again.
 	p.status.Restoring.Add(int32(len(nums)))
 	defer p.status.Restoring.Add(-int32(len(nums)))
+	p.status.Ready.Store(false)
 	tasks, users, err := p.prepare(ctx, nums)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -180,7 +181,32 @@ func (p *pipeline) onLost(ctx context.Context, _ *kgo.Client, lost map[string][]
 // prepare opens, restores and loads the given partitions' state and makes
 // their tasks, not started yet. It returns the user records restored.
 func (p *pipeline) prepare(ctx context.Context, parts []int32) (tasks []*task, users int64, err error) {
-	var wants []*restoreWant
+	wants, users, err := p.openAndRestore(ctx, parts, true)
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, w := range wants {
+		t, err := p.newTask(w.partition, w.db)
+		if err != nil {
+			for _, t := range tasks {
+				t.store.db.Close()
+			}
+			for _, w := range wants {
+				w.db.Close()
+			}
+			return nil, 0, err
+		}
+		tasks = append(tasks, t)
+	}
+	return tasks, users, nil
+}
+
+// openAndRestore opens the given partitions' databases (creating them)
+// and brings each up to the end of its changelog partition, from the
+// position its checkpoint records. checkHeader refuses a state written for
+// another topic or time zone. On success the databases are open; the
+// caller closes them.
+func (p *pipeline) openAndRestore(ctx context.Context, parts []int32, checkHeader bool) (wants []*restoreWant, users int64, err error) {
 	defer func() {
 		if err != nil {
 			for _, w := range wants {
@@ -200,8 +226,10 @@ func (p *pipeline) prepare(ctx context.Context, parts []int32) (tasks []*task, u
 			return nil, 0, fmt.Errorf("read checkpoint in %s: %w", db.Dir(), err)
 		}
 		if ok {
-			if err := p.checkHeader(db.Dir(), &cp.Header); err != nil {
-				return nil, 0, err
+			if checkHeader {
+				if err := p.checkHeader(db.Dir(), &cp.Header); err != nil {
+					return nil, 0, err
+				}
 			}
 			w.from = cp.Partitions[part].ChangelogNext
 		}
@@ -212,17 +240,7 @@ func (p *pipeline) prepare(ctx context.Context, parts []int32) (tasks []*task, u
 	if users, err = p.restore(ctx, wants, h); err != nil {
 		return nil, 0, err
 	}
-	for _, w := range wants {
-		t, err := p.newTask(w.partition, w.db)
-		if err != nil {
-			for _, t := range tasks {
-				t.store.db.Close()
-			}
-			return nil, 0, err
-		}
-		tasks = append(tasks, t)
-	}
-	return tasks, users, nil
+	return wants, users, nil
 }
 
 func (p *pipeline) stateOptions() state.Options {
@@ -398,11 +416,7 @@ func (p *pipeline) removeTasks(ctx context.Context, parts []int32, lost bool) er
 
 // sortTasks orders the tasks by partition and publishes them to the poller.
 func (p *pipeline) sortTasks() {
-	for i := 1; i < len(p.tasks); i++ {
-		for j := i; j > 0 && p.tasks[j].partition < p.tasks[j-1].partition; j-- {
-			p.tasks[j], p.tasks[j-1] = p.tasks[j-1], p.tasks[j]
-		}
-	}
+	slices.SortFunc(p.tasks, func(a, b *task) int { return cmp.Compare(a.partition, b.partition) })
 	m := make(map[int32]*task, len(p.tasks))
 	for _, t := range p.tasks {
 		m[t.partition] = t
@@ -431,30 +445,11 @@ func Restore(ctx context.Context, cfg Config, parts []int32) (int64, error) {
 	p.adm = kadm.NewClient(cl)
 	p.cache = state.NewCache(cmp.Or(cfg.State.CacheSize, 64<<20))
 	defer p.cache.Unref()
-	var wants []*restoreWant
-	defer func() {
-		for _, w := range wants {
-			w.db.Close()
-		}
-	}()
-	for _, part := range parts {
-		db, err := state.Open(PartitionDir(cfg.StateDir, part), p.stateOptions())
-		if err != nil {
-			return 0, err
-		}
-		w := &restoreWant{partition: part, db: db}
-		wants = append(wants, w)
-		cp, ok, err := db.LoadCheckpoint()
-		if err != nil {
-			return 0, err
-		}
-		if ok {
-			w.from = cp.Partitions[part].ChangelogNext
-		}
+	wants, users, err := p.openAndRestore(ctx, parts, false)
+	for _, w := range wants {
+		w.db.Close()
 	}
-	h := state.Header{Topic: cfg.Topic, Group: cfg.Group, Tolerance: cfg.Operator.Tolerance,
-		Timezone: cfg.Operator.Calendar.Location().String()}
-	return p.restore(ctx, wants, h)
+	return users, err
 }
 
 // PartitionDir is where a partition's database lives in a state directory.

@@ -377,7 +377,7 @@ func (p *pipeline) coordinate(ctx context.Context, pollDone <-chan error) error 
 			cpTimer.Reset(p.cfg.CheckpointInterval)
 		case <-tick.C:
 			p.status.Alive.Store(time.Now().UnixMilli())
-			done := p.assigned.Load() && p.restoring.Load() == 0
+			done := p.assigned.Load() && p.status.Restoring.Load() == 0
 			for _, t := range p.tasks {
 				if at, ok := t.caughtUpAt(); ok {
 					select {
