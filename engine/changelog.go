@@ -55,10 +55,10 @@ func ensureTopic(ctx context.Context, adm *kadm.Client, topic string, partitions
 	return nil
 }
 
-// changelogConfigs are the changelog topic's settings: compacted, and
+// ChangelogConfigs are the changelog topic's settings: compacted, and
 // deletions (released held records) kept for a week, so that a replica
 // that resumes a partition's state from an older position still sees them.
-func changelogConfigs() map[string]*string {
+func ChangelogConfigs() map[string]*string {
 	compact, week := "compact", "604800000"
 	return map[string]*string{"cleanup.policy": &compact, "delete.retention.ms": &week}
 }

@@ -58,7 +58,7 @@ func (p *pipeline) discover(ctx context.Context) (topicInfo, error) {
 	if _, err := adm.CreateTopic(mctx, int32(len(ti.partitions)), -1, nil, p.cfg.DLQTopic); err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
 		p.log.Warn("cannot create the dead-letter topic", "topic", p.cfg.DLQTopic, "err", err)
 	}
-	if err := ensureTopic(mctx, adm, p.cfg.ChangelogTopic, len(ti.partitions), changelogConfigs(), "changelog"); err != nil {
+	if err := ensureTopic(mctx, adm, p.cfg.ChangelogTopic, len(ti.partitions), ChangelogConfigs(), "changelog"); err != nil {
 		return ti, err
 	}
 	if ti.ends, err = listOffsets(mctx, adm.ListCommittedOffsets, p.cfg.Topic); err != nil {

@@ -63,6 +63,20 @@ func decodeChangelogCheckpoint(b []byte, pc *PartitionCheckpoint) error {
 	return d.done()
 }
 
+// ChangelogUserSize bounds the bytes of a user record's key and value.
+const ChangelogUserSize = 1 + 16 + binary.MaxVarintLen64
+
+// AppendChangelogUser appends a user record to dst, key then value, and
+// returns the two: key 'u' uuid, value first_seen as a varint. It is what
+// a checkpoint writes for a user, and what a bootstrap writes.
+func AppendChangelogUser(dst []byte, u *operators.UUID, firstSeen int64) (key, value []byte) {
+	at := len(dst)
+	dst = append(dst, changelogUser)
+	dst = append(dst, u[:]...)
+	dst = binary.AppendVarint(dst, firstSeen)
+	return dst[at : at+17 : at+17], dst[at+17:]
+}
+
 // EncodeChangelogIntent returns the changelog record (key, value) of an
 // intent for one partition: version uvarint, then the intent as the 'i'
 // key of the database holds it (encodeIntent).
@@ -76,14 +90,10 @@ func EncodeChangelogIntent(in *Intent) (key, value []byte) {
 // checkpoint. The slices are valid during the call. epoch and writer go
 // into the checkpoint record.
 func (b *Batch) EachChangelogRecord(epoch uint64, writer string, fn func(key, value []byte)) {
-	var key [17]byte
-	var val []byte
-	key[0] = changelogUser
+	var buf [ChangelogUserSize]byte
 	for i := range b.users {
 		u := b.users[i].uuid()
-		copy(key[1:], u[:])
-		val = binary.AppendVarint(val[:0], b.users[i].t)
-		fn(key[:], val)
+		fn(AppendChangelogUser(buf[:0], &u, b.users[i].t))
 	}
 	for d := b.clog; len(d) > 0; {
 		kn, n := binary.Uvarint(d)
@@ -100,7 +110,7 @@ func (b *Batch) EachChangelogRecord(epoch uint64, writer string, fn func(key, va
 		fn(k, v)
 	}
 	if b.cp != nil {
-		fn([]byte{changelogCheckpoint}, encodeChangelogCheckpoint(val[:0], epoch, writer, b.cp))
+		fn([]byte{changelogCheckpoint}, encodeChangelogCheckpoint(nil, epoch, writer, b.cp))
 	}
 }
 

@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	encbin "encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -427,11 +426,8 @@ func (k *bootstrapKafka) discover(ctx context.Context) error {
 	}
 	cd, ok := td[k.changelog]
 	if !ok || errors.Is(cd.Err, kerr.UnknownTopicOrPartition) {
-		// As the replicas create it (engine.ensureTopic): compacted, with
-		// deletions kept for a week.
-		compact, week := "compact", "604800000"
-		_, err := k.adm.CreateTopic(mctx, int32(k.partitions), -1,
-			map[string]*string{"cleanup.policy": &compact, "delete.retention.ms": &week}, k.changelog)
+		// With the settings the replicas create it with.
+		_, err := k.adm.CreateTopic(mctx, int32(k.partitions), -1, engine.ChangelogConfigs(), k.changelog)
 		switch {
 		case err == nil:
 			k.log.Info("bootstrap: created the changelog topic", "topic", k.changelog, "partitions", k.partitions)
@@ -490,12 +486,11 @@ func (k *bootstrapKafka) checkNoReplicas(ctx context.Context) error {
 		"if you have just stopped them, try again after that", k.group, len(g.Members), strings.Join(who, ", "))
 }
 
-// changelogRecord is a user record of the changelog with its bytes, in one
-// allocation: key 'u' uuid (16), value varint first_seen ms (the format of
-// state/changelog.go).
+// changelogRecord is a user record of the changelog with its bytes
+// (state.AppendChangelogUser), in one allocation.
 type changelogRecord struct {
 	rec kgo.Record
-	buf [17 + encbin.MaxVarintLen64]byte
+	buf [state.ChangelogUserSize]byte
 }
 
 // produce writes a user record to changelog partition part. Records are
@@ -507,10 +502,8 @@ func (k *bootstrapKafka) produce(ctx context.Context, part int32, u *operators.U
 		return err
 	}
 	r := new(changelogRecord)
-	r.buf[0] = 'u'
-	copy(r.buf[1:17], u[:])
-	r.rec = kgo.Record{Topic: k.changelog, Partition: part, Key: r.buf[:17:17],
-		Value: encbin.AppendVarint(r.buf[17:17], firstSeen)}
+	key, value := state.AppendChangelogUser(r.buf[:0], u, firstSeen)
+	r.rec = kgo.Record{Topic: k.changelog, Partition: part, Key: key, Value: value}
 	k.sent.Add(1)
 	k.cl.Produce(ctx, &r.rec, k.acked)
 	return nil

@@ -122,11 +122,13 @@ func stopGracefully(t *testing.T, p *proc, within time.Duration) time.Duration {
 	return time.Since(began)
 }
 
-func crashSeed(t *testing.T) uint64 {
-	if s := os.Getenv("FIRSTSEEN_CRASH_SEED"); s != "" {
+// testSeed is the seed of a randomized test: the environment variable env
+// when set (to replay a failure), else the clock.
+func testSeed(t *testing.T, env string) uint64 {
+	if s := os.Getenv(env); s != "" {
 		v, err := strconv.ParseUint(s, 10, 64)
 		if err != nil {
-			t.Fatalf("FIRSTSEEN_CRASH_SEED=%q: %v", s, err)
+			t.Fatalf("%s=%q: %v", env, s, err)
 		}
 		return v
 	}
@@ -139,7 +141,7 @@ func crashSeed(t *testing.T) uint64 {
 // produced, twelve times, and restarted each time. The table must then
 // equal the oracle exactly.
 func TestKilledAtRandomMomentsNothingLostOrDuplicated(t *testing.T) {
-	seed := crashSeed(t)
+	seed := testSeed(t, "FIRSTSEEN_CRASH_SEED")
 	t.Logf("seed %d (replay with FIRSTSEEN_CRASH_SEED=%d)", seed, seed)
 	fmt.Fprintf(os.Stderr, "crash test seed %d\n", seed)
 	rng := rand.New(rand.NewPCG(seed, 1))

@@ -100,24 +100,13 @@ func needSessionTimeout(t *testing.T) {
 	}
 }
 
-func scaleSeed(t *testing.T) uint64 {
-	if s := os.Getenv("FIRSTSEEN_SCALE_SEED"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			t.Fatalf("FIRSTSEEN_SCALE_SEED=%q: %v", s, err)
-		}
-		return v
-	}
-	return uint64(time.Now().UnixNano())
-}
-
 // newScaleEnv starts a broker process with a 6-partition input topic and
 // generates a workload of users over 2 days with late and malformed
 // records.
 func newScaleEnv(t *testing.T, users int) *scaleEnv {
 	t.Helper()
 	needSessionTimeout(t)
-	seed := scaleSeed(t)
+	seed := testSeed(t, "FIRSTSEEN_SCALE_SEED")
 	t.Logf("seed %d (replay with FIRSTSEEN_SCALE_SEED=%d)", seed, seed)
 	port := freePort(t)
 	brokers := []string{"127.0.0.1:" + strconv.Itoa(port)}
