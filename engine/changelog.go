@@ -116,6 +116,15 @@ func (c *changelogProducer) add(partition int32, key, value []byte) {
 	c.recs = append(c.recs, kgo.Record{Topic: c.topic, Partition: partition, Key: c.copy(key), Value: c.copy(value)})
 }
 
+// bytes is the size of the queued records' keys and values.
+func (c *changelogProducer) bytes() int {
+	n := 0
+	for i := range c.recs {
+		n += len(c.recs[i].Key) + len(c.recs[i].Value)
+	}
+	return n
+}
+
 // write produces the queued records in one transaction and commits it. It
 // returns, per partition, the offset after the last record written there.
 func (c *changelogProducer) write(ctx context.Context) (map[int32]int64, error) {
@@ -223,6 +232,12 @@ func (p *pipeline) restore(ctx context.Context, wants []*restoreWant, h state.He
 	for _, w := range wants {
 		byPart[w.partition] = w
 	}
+	var remaining int64
+	for _, w := range wants {
+		remaining += w.to - w.from
+	}
+	p.status.RestoreRemaining.Add(remaining)
+	defer func() { p.status.RestoreRemaining.Add(-remaining) }()
 	if open > 0 {
 		opts := append([]kgo.Opt{
 			kgo.SeedBrokers(p.cfg.Brokers...),
@@ -258,11 +273,13 @@ func (p *pipeline) restore(ctx context.Context, wants []*restoreWant, h state.He
 				return 0, ferr
 			}
 			var aerr error
+			var read int64
 			fs.EachRecord(func(r *kgo.Record) {
 				w := byPart[r.Partition]
 				if aerr != nil || w.next >= w.to {
 					return
 				}
+				read += r.Offset + 1 - w.next
 				w.next = r.Offset + 1
 				if !r.Attrs.IsControl() {
 					if err := w.r.Apply(r.Key, r.Value); err != nil {
@@ -273,6 +290,8 @@ func (p *pipeline) restore(ctx context.Context, wants []*restoreWant, h state.He
 					open--
 				}
 			})
+			p.status.RestoreRemaining.Add(-read)
+			remaining -= read
 			if aerr != nil {
 				return 0, aerr
 			}

@@ -23,6 +23,14 @@ import (
 // handed-over epoch, so the next start must replay it from the last
 // committed checkpoint.
 func (p *pipeline) checkpoint(ctx context.Context) error {
+	err := p.takeCheckpoint(ctx)
+	if err != nil {
+		p.status.CheckpointFailures.Add(1)
+	}
+	return err
+}
+
+func (p *pipeline) takeCheckpoint(ctx context.Context) error {
 	began := time.Now()
 	epoch := p.header.Epoch + 1
 	reply := make(chan *snapshot, len(p.tasks))
@@ -111,7 +119,14 @@ func (p *pipeline) checkpoint(ctx context.Context) error {
 	if err := p.crashPoint("before sink write", output); err != nil {
 		return fail(err)
 	}
-	if err := p.retry(ctx, "sink write", func() error { return p.cfg.Sink.Write(ctx, &p.out) }, p.cfg.IsRetryable); err != nil {
+	attempt := 0
+	if err := p.retry(ctx, "sink write", func() error {
+		attempt++
+		t0 := time.Now()
+		err := p.cfg.Sink.Write(ctx, &p.out)
+		p.observer.SinkWrite(p.out.Len(), time.Since(t0), attempt, err)
+		return err
+	}, p.cfg.IsRetryable); err != nil {
 		return fail(err)
 	}
 	if err := p.crashPoint("after sink write", output); err != nil {
@@ -147,6 +162,7 @@ func (p *pipeline) checkpoint(ctx context.Context) error {
 			p.clog.add(s.partition, key, value)
 		})
 	}
+	changelogBytes := p.clog.bytes()
 	written, err := p.clog.write(ctx)
 	if err != nil {
 		return fail(fmt.Errorf("write the state changes: %w", err))
@@ -170,6 +186,12 @@ func (p *pipeline) checkpoint(ctx context.Context) error {
 		return fail(fmt.Errorf("commit to %s: %w", p.cfg.StateDir, err))
 	}
 	p.header = h
+	for _, s := range snaps {
+		s.task.pub.Written.Add(int64(s.rows.Len()))
+		if s.changed {
+			s.task.pub.StateBytes.Store(s.task.db.DiskBytes())
+		}
+	}
 	p.checkpoints++
 	p.status.Checkpoints.Store(p.checkpoints)
 	p.status.LastCheckpoint.Store(h.Time.UnixMilli())
@@ -192,8 +214,11 @@ func (p *pipeline) checkpoint(ctx context.Context) error {
 				p.log.Debug("committing group offsets for lag monitoring failed", "group", p.cfg.Group, "err", err)
 			}
 		})
-	p.log.Debug("checkpoint", "epoch", epoch, "rows", p.out.Len(), "dead_letters", len(dead), "held", held,
-		"changelog_users", users, "took", time.Since(began))
+	took := time.Since(began)
+	p.observer.CheckpointTaken(took, p.out.Len(), changelogBytes)
+	p.log.Debug("checkpoint", "epoch", epoch, "partitions", len(snaps), "rows", p.out.Len(), "dead_letters", len(dead),
+		"held", held, "changelog_users", users, "changelog_bytes", changelogBytes, "sink_attempts", attempt,
+		"took", took)
 	if p.cfg.SnapshotInterval > 0 && time.Since(p.snapshotAt) >= p.cfg.SnapshotInterval {
 		p.snapshotAt = time.Now()
 		for _, s := range snaps {

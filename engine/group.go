@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -54,30 +53,6 @@ type revocation struct {
 	partitions []int32
 	lost       bool
 	reply      chan error
-}
-
-// Status is a run's live condition, for health checks and metrics: the
-// engine writes it, anyone may read it.
-type Status struct {
-	// Ready: the partitions assigned so far are restored and a checkpoint
-	// has been taken since.
-	Ready atomic.Bool
-	// Partitions is the number of partitions this process processes.
-	Partitions atomic.Int32
-	// Restoring is the number of partitions being restored.
-	Restoring atomic.Int32
-	// RestoredUsers counts the user records restored from the changelog.
-	RestoredUsers atomic.Int64
-	// Misplaced counts records that were not on their uuid's partition.
-	Misplaced atomic.Int64
-	// Checkpoints counts checkpoints taken; LastCheckpoint is when the last
-	// one was committed (unix ms).
-	Checkpoints    atomic.Uint64
-	LastCheckpoint atomic.Int64
-	// Alive is when the coordinator last showed it was not wedged (unix
-	// ms): every tick of its loop, and every attempt of a retried sink
-	// write or produce, which can last as long as an outage.
-	Alive atomic.Int64
 }
 
 // onAssigned prepares newly assigned partitions and returns the offsets to
@@ -334,7 +309,8 @@ func (p *pipeline) newTask(part int32, db *state.DB) (*task, error) {
 		p.log.Error("records expired from the topic before they were processed: they are lost; "+
 			"keep the topic's retention longer than any outage", "partition", part, "from", t.next, "to", start)
 	}
-	t.pos.Store(t.next)
+	t.pub.Partition = part
+	t.publish()
 	return t, nil
 }
 
@@ -357,6 +333,7 @@ func (p *pipeline) addTasks(tasks []*task) error {
 		t.setEnd(ends[t.partition], now)
 		t.target = ends[t.partition]
 		p.tasks = append(p.tasks, t)
+		p.status.addPartitions(&t.pub)
 		p.taskWG.Go(t.run)
 	}
 	p.sortTasks()
@@ -383,11 +360,12 @@ func (p *pipeline) removeTasks(ctx context.Context, parts []int32, lost bool) er
 		done := make(chan struct{})
 		t.ctl <- control{stop: true, stopped: done}
 		<-done
-		p.gone.Records += t.counters.records.Load()
-		p.gone.Rows += t.counters.rows.Load()
-		p.gone.Late += t.counters.late.Load()
-		p.gone.New += t.counters.isNew.Load()
-		p.gone.DeadLettered += t.counters.dead.Load()
+		p.gone.Records += t.pub.Records.Load()
+		p.gone.Rows += t.pub.Rows.Load()
+		p.gone.Late += t.pub.Late.Load()
+		p.gone.New += t.pub.New.Load()
+		p.gone.DeadLettered += t.pub.DeadLettered.Load()
+		p.status.removePartition(&t.pub)
 		p.gone.misplaced += t.misplaced.Load()
 		dir := t.db.Dir()
 		if err := t.db.Close(); err != nil {
@@ -435,7 +413,7 @@ func (p *pipeline) sortTasks() {
 // see the state the replicas see (bootstrap merges into a restored copy).
 func Restore(ctx context.Context, cfg Config, parts []int32) (int64, error) {
 	cfg.setDefaults()
-	p := &pipeline{cfg: cfg, log: cfg.Logger}
+	p := &pipeline{cfg: cfg, log: cfg.Logger, status: cmp.Or(cfg.Status, &Status{})}
 	opts := append([]kgo.Opt{kgo.SeedBrokers(cfg.Brokers...), kgo.WithLogger(KafkaLogger(p.log))}, cfg.KafkaOptions...)
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {

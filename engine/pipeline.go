@@ -81,6 +81,9 @@ type Config struct {
 	Now func() time.Time
 	// Status, when set, is kept up to date for health checks and metrics.
 	Status *Status
+	// Observer, when set, receives checkpoint and sink-write events (for
+	// histograms).
+	Observer Observer
 }
 
 func (c *Config) setDefaults() {
@@ -184,6 +187,7 @@ type pipeline struct {
 	misplaced   int64 // records off their uuid's partition, as last reported
 	warnedAt    time.Time
 	status      *Status
+	observer    Observer
 	checkpoints uint64
 	// gone holds the totals of the tasks of partitions this process no
 	// longer owns.
@@ -211,6 +215,7 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	if p.status == nil {
 		p.status = &Status{}
 	}
+	p.observer = cmp.Or[Observer](cfg.Observer, nopObserver{})
 	m := map[int32]*task{}
 	p.live.Store(&m)
 	if err := checkLayout(cfg.StateDir); err != nil {
@@ -385,7 +390,7 @@ func (p *pipeline) coordinate(ctx context.Context, pollDone <-chan error) error 
 					default:
 					}
 				}
-				if t.pos.Load() < t.target || t.replaying.Load() {
+				if t.pub.NextOffset.Load() < t.target || t.replaying.Load() {
 					done = false
 				}
 			}
@@ -427,11 +432,11 @@ func tickInterval(idle time.Duration) time.Duration {
 func (p *pipeline) stats() Stats {
 	s := p.gone.Stats
 	for _, t := range p.tasks {
-		s.Records += t.counters.records.Load()
-		s.Rows += t.counters.rows.Load()
-		s.Late += t.counters.late.Load()
-		s.New += t.counters.isNew.Load()
-		s.DeadLettered += t.counters.dead.Load()
+		s.Records += t.pub.Records.Load()
+		s.Rows += t.pub.Rows.Load()
+		s.Late += t.pub.Late.Load()
+		s.New += t.pub.New.Load()
+		s.DeadLettered += t.pub.DeadLettered.Load()
 	}
 	s.Checkpoints = p.checkpoints
 	s.Held = int64(p.held)

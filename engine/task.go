@@ -352,11 +352,6 @@ func (t *userTable) eachSlot(fn func(k0, k1 uint64, v int64)) {
 	}
 }
 
-// counters are a task's running totals, read by the coordinator.
-type counters struct {
-	records, rows, late, isNew, dead atomic.Int64
-}
-
 // task runs one partition.
 type task struct {
 	partition int32
@@ -404,14 +399,15 @@ type task struct {
 
 	target int64 // the log end at start: what --until-caught-up must reach
 
-	pos   atomic.Int64 // published next offset
-	end   atomic.Int64 // log end (last stable offset) as last seen
-	endAt atomic.Int64 // when end was seen, unix ms
-	counters
+	// pub is what the task publishes for the coordinator, metrics and
+	// logs: its counters, position (NextOffset), log end (LogEnd, seen at
+	// endAt, unix ms) and watermark.
+	pub   PartitionStatus
+	endAt atomic.Int64
 }
 
 func (t *task) setEnd(end int64, at time.Time) {
-	t.end.Store(end)
+	t.pub.LogEnd.Store(end)
 	t.endAt.Store(at.UnixMilli())
 }
 
@@ -421,7 +417,7 @@ func (t *task) setEnd(end int64, at time.Time) {
 // so an outage never passes for an idle partition.
 func (t *task) caughtUpAt() (int64, bool) {
 	at := t.endAt.Load()
-	return at, t.pos.Load() >= t.end.Load()
+	return at, t.pub.NextOffset.Load() >= t.pub.LogEnd.Load()
 }
 
 // bufferFull says whether the task must stop reading until the next
@@ -433,12 +429,12 @@ func (t *task) bufferFull() bool {
 // Emit implements operators.Emitter.
 func (t *task) Emit(r *operators.Row) {
 	t.rows.Append(r)
-	t.counters.rows.Add(1)
+	t.pub.Rows.Add(1)
 	if r.Late {
-		t.counters.late.Add(1)
+		t.pub.Late.Add(1)
 	}
 	if r.IsNew {
-		t.counters.isNew.Add(1)
+		t.pub.New.Add(1)
 	}
 }
 
@@ -509,6 +505,7 @@ func (t *task) tick(now int64) {
 	t.op.Tick(now)
 	if w := t.op.Progress().Watermark; w != before {
 		t.advances = append(t.advances, state.WatermarkAdvance{At: t.next, Watermark: w})
+		t.publish() // the watermark moved, and may have released held records
 	}
 }
 
@@ -548,16 +545,26 @@ func (t *task) process(recs []*kgo.Record) {
 		if r.Attrs.IsControl() {
 			continue
 		}
-		t.counters.records.Add(1)
+		t.pub.Records.Add(1)
 		t.rec = operators.Record{Value: r.Value, Offset: r.Offset, Timestamp: r.Timestamp.UnixMilli()}
 		if reason := t.op.Process(&t.rec); reason != operators.OK {
 			dl := deadLetter(t.dlqTopic, t.topic, r, reason)
 			t.dead = append(t.dead, dl)
 			t.deadBytes += len(dl.Key) + len(dl.Value)
-			t.counters.dead.Add(1)
+			t.pub.DeadLettered.Add(1)
 		}
 	}
-	t.pos.Store(t.next)
+	t.publish()
+}
+
+// publish makes the task's position, watermark, held count and misplaced
+// count visible to other goroutines (once a fetch, not once a record).
+func (t *task) publish() {
+	t.pub.NextOffset.Store(t.next)
+	t.pub.Held.Store(int64(t.op.HeldCount()))
+	if w := t.op.Progress().Watermark; w != operators.NoWatermark {
+		t.pub.Watermark.Store(w)
+	}
 	t.misplaced.Store(t.op.Misplaced())
 }
 

@@ -84,6 +84,8 @@ type pipelineFlags struct {
 	repartition        bool
 	repartitionTopic   string
 	metricsAddr        string
+	pprof              bool
+	summaryInterval    time.Duration
 	sessionTimeout     time.Duration
 }
 
@@ -105,7 +107,8 @@ func (f *pipelineFlags) addGroup(fs *pflag.FlagSet) {
 	fs.StringVar(&f.changelogTopic, "changelog-topic", "", "compacted topic every partition's state changes are written to and restored from (default <group>-state)")
 	fs.BoolVar(&f.repartition, "repartition", false, "re-key the input by the canonical uuid into --repartition-topic first (exactly once, with Kafka transactions), for producers that do not key records by the uuid")
 	fs.StringVar(&f.repartitionTopic, "repartition-topic", "", "with --repartition: the internal topic of re-keyed records (default <group>-repartition)")
-	fs.StringVar(&f.metricsAddr, "metrics-addr", ":9090", "address of the HTTP listener for /metrics (Prometheus), /healthz and /readyz (0: none)")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", ":9090", "address of the HTTP listener for /metrics (Prometheus), /healthz and /readyz (0: none); 'firstseen status' reads it")
+	fs.BoolVar(&f.pprof, "pprof", false, "also serve the Go profiler on --metrics-addr under /debug/pprof/ (CPU and heap profiles, goroutine dumps)")
 }
 
 func (f *pipelineFlags) addState(fs *pflag.FlagSet) {
@@ -136,6 +139,11 @@ func (f *pipelineFlags) addClickHouse(fs *pflag.FlagSet, table string) {
 func (f *pipelineFlags) addLogging(fs *pflag.FlagSet) {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, json otherwise)")
+}
+
+// addSummary registers --summary-interval, for the long-running commands.
+func (f *pipelineFlags) addSummary(fs *pflag.FlagSet) {
+	fs.DurationVar(&f.summaryInterval, "summary-interval", time.Minute, "how often an info line sums up the rates, lag, held records and watermark (one line per checkpoint comes at --log-level debug)")
 }
 
 // addMemory registers the memory flags of run.

@@ -49,7 +49,7 @@ environment.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newBootstrapCmd(), newProduceCmd(), newGenerateCmd(), newStateCmd(), newDemoCmd(), newDevBrokerCmd())
+	root.AddCommand(newRunCmd(), newStatusCmd(), newBootstrapCmd(), newProduceCmd(), newGenerateCmd(), newStateCmd(), newDemoCmd(), newDevBrokerCmd())
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w\nrun '%s --help' for the flags", err, c.CommandPath())}
 	})

@@ -79,6 +79,9 @@ last checkpoint.`,
 			if err != nil {
 				return err
 			}
+			if f.summaryInterval <= 0 {
+				return usageError{fmt.Errorf("--summary-interval %s must be above 0", f.summaryInterval)}
+			}
 			if f.bufferMiB < 1 {
 				return usageError{fmt.Errorf("--buffer-mib %d must be at least 1", f.bufferMiB)}
 			}
@@ -121,12 +124,15 @@ last checkpoint.`,
 			default:
 				return usageError{fmt.Errorf("--sink %q: want clickhouse or file", sinkKind)}
 			}
-			cfg.Status = &engine.Status{}
-			stopServe, err := serveStatus(f.metricsAddr, cmd.Flags().Changed("metrics-addr") || os.Getenv(envName("metrics-addr")) != "", cfg.Status, f.checkpointInterval, log)
+			obs := newMetricsObserver(sinkKind)
+			cfg.Status, cfg.Observer = &engine.Status{}, obs
+			stopServe, err := serveStatus(listener{addr: f.metricsAddr, pprof: f.pprof, stallAfter: defaultStallAfter(f.checkpointInterval),
+				explicit: cmd.Flags().Changed("metrics-addr") || os.Getenv(envName("metrics-addr")) != ""}, cfg.Status, obs, log)
 			if err != nil {
 				return err
 			}
 			defer stopServe()
+			go logSummaries(ctx, cfg.Status, f.summaryInterval, log)
 			st, err := runPipeline(ctx, &f, cfg)
 			if err == nil || st.Records > 0 {
 				logSummary(log, st)
@@ -148,6 +154,7 @@ last checkpoint.`,
 	fs.StringVar(&sinkPath, "sink-path", "", "with --sink file: the JSON Lines file rows are appended to")
 	f.addMemory(fs)
 	f.addLogging(fs)
+	f.addSummary(fs)
 	f.addProfiling(fs)
 	return cmd
 }
