@@ -44,9 +44,10 @@ every --interval and shows, on one screen:
   - restores in progress, checkpoints (count, failures, age and duration of
     the last ones) and the sink's retries and errors.
 
-On a terminal the screen is redrawn in place until Ctrl-C; otherwise (or with
---once) it prints one view, after one interval so the rates are real, and
-exits. It exits 1 when the process cannot be reached with --once.`,
+On a terminal the screen is redrawn in place until Ctrl-C, with rates over
+the last 10 seconds; otherwise (or with --once) it prints one view, with
+rates over one --interval, and exits. It exits 1 when the process cannot be
+reached with --once.`,
 		Example: `  firstseen status --metrics-addr localhost:9090
   kubectl port-forward pod/firstseen-0 9090 & firstseen status --metrics-addr localhost:9090
   firstseen status --metrics-addr firstseen-1.firstseen:9090 --once`,
@@ -95,6 +96,10 @@ func watchStatus(ctx context.Context, w io.Writer, url string, interval time.Dur
 	if err != nil && !live {
 		return err
 	}
+	var history []*scrapeResult
+	if prev != nil {
+		history = append(history, prev)
+	}
 	tk := time.NewTicker(interval)
 	defer tk.Stop()
 	for {
@@ -114,15 +119,21 @@ func watchStatus(ctx context.Context, w io.Writer, url string, interval time.Dur
 		fmt.Fprint(w, "\x1b[H\x1b[2J") // home, clear screen
 		if err != nil {
 			fmt.Fprintf(w, "%s\n\n%v\nretrying every %s; Ctrl-C to quit\n", time.Now().Format(time.TimeOnly), err, interval)
+			history = history[:0]
 			continue
 		}
-		if prev == nil {
-			prev = cur
+		// Rates over up to rateWindow: checkpoints write in bursts, so a
+		// one-second rate of rows written would jump between 0 and peaks.
+		history = append(history, cur)
+		for len(history) > 2 && cur.at.Sub(history[0].at) > rateWindow {
+			history = history[1:]
 		}
-		renderStatus(w, url, prev, cur)
-		prev = cur
+		renderStatus(w, url, history[0], cur)
 	}
 }
+
+// rateWindow is the span the live view's rates are averaged over.
+const rateWindow = 10 * time.Second
 
 // scrapeResult is one scrape of /metrics.
 type scrapeResult struct {
@@ -273,7 +284,7 @@ func renderStatus(w io.Writer, url string, prev, cur *scrapeResult) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "rates (per second, last %s)\n", cur.at.Sub(prev.at).Round(100*time.Millisecond))
+	fmt.Fprintf(w, "rates (per second, over the last %s)\n", cur.at.Sub(prev.at).Round(100*time.Millisecond))
 	fmt.Fprintf(w, "  in %s   written %s   new users %s   late %s   dead letters %s\n",
 		rate("firstseen_input_records_total"), rate("firstseen_written_rows_total"), rate("firstseen_new_rows_total"),
 		rate("firstseen_late_records_total"), rate("firstseen_dead_letter_records_total"))
