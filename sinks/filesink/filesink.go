@@ -22,22 +22,17 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
-	"time"
 
 	"github.com/firstseen/firstseen/sinks"
 )
 
 const (
-	timeLayout = "2006-01-02T15:04:05.000Z07:00"
-	dateLayout = "2006-01-02"
 	// flushAt is the buffer size at which Write hands lines to the file
 	// before the end of the batch.
 	flushAt = 1 << 20
@@ -182,7 +177,7 @@ func (s *Sink) writeRows(b *sinks.Batch) (int64, error) {
 	}
 	for _, part := range b.Parts() {
 		for i := range part.Len() {
-			buf = appendLine(buf, part, i)
+			buf = append(sinks.AppendJSON(buf, part, i), '\n')
 			if len(buf) >= flushAt {
 				if err := flush(); err != nil {
 					return written, err
@@ -194,51 +189,6 @@ func (s *Sink) writeRows(b *sinks.Batch) (int64, error) {
 		return written, flush()
 	}
 	return written, nil
-}
-
-// appendLine appends row i of b, a batch that is not joined, as one line.
-func appendLine(dst []byte, b *sinks.Batch, i int) []byte {
-	dst = append(dst, `{"uuid":"`...)
-	dst = b.UUID[i].AppendCanonical(dst)
-	dst = append(dst, `","event_time":"`...)
-	dst = time.UnixMilli(b.EventTime[i]).UTC().AppendFormat(dst, timeLayout)
-	dst = append(dst, `","event_date":"`...)
-	dst = time.Unix(int64(b.EventDate[i])*86400, 0).UTC().AppendFormat(dst, dateLayout)
-	dst = append(dst, `","first_seen":"`...)
-	dst = time.UnixMilli(b.FirstSeen[i]).UTC().AppendFormat(dst, timeLayout)
-	dst = append(dst, `","is_new":`...)
-	dst = appendBool(dst, b.IsNew[i])
-	dst = append(dst, `,"late":`...)
-	dst = appendBool(dst, b.Late[i])
-	dst = append(dst, `,"src_partition":`...)
-	dst = strconv.AppendInt(dst, int64(b.Partition[i]), 10)
-	dst = append(dst, `,"src_offset":`...)
-	dst = strconv.AppendInt(dst, b.Offset[i], 10)
-	dst = append(dst, `,"kafka_time":"`...)
-	dst = time.UnixMilli(b.Timestamp[i]).UTC().AppendFormat(dst, timeLayout)
-	dst = append(dst, `","payload":`...)
-	p := b.Payload(i)
-	if len(p) == 0 {
-		dst = append(dst, "null"...)
-	} else {
-		start := len(dst)
-		dst = append(dst, p...)
-		// Valid JSON has raw line breaks only between tokens, where a space
-		// means the same.
-		for j := start; j < len(dst); j++ {
-			if dst[j] == '\n' || dst[j] == '\r' {
-				dst[j] = ' '
-			}
-		}
-	}
-	return append(dst, "}\n"...)
-}
-
-func appendBool(dst []byte, v bool) []byte {
-	if v {
-		return append(dst, '1')
-	}
-	return append(dst, '0')
 }
 
 // Close closes the file. It is safe to call more than once.
@@ -257,28 +207,7 @@ func (s *Sink) Close() error {
 }
 
 // Line is one row of a file written by [Sink].
-type Line struct {
-	UUID                            string
-	EventTime, FirstSeen, KafkaTime time.Time // UTC
-	EventDate                       string    // YYYY-MM-DD
-	IsNew, Late                     bool
-	Partition                       int32
-	Offset                          int64
-	Payload                         json.RawMessage
-}
-
-type wireLine struct {
-	UUID      string          `json:"uuid"`
-	EventTime string          `json:"event_time"`
-	EventDate string          `json:"event_date"`
-	FirstSeen string          `json:"first_seen"`
-	IsNew     *uint8          `json:"is_new"`
-	Late      *uint8          `json:"late"`
-	Partition *int32          `json:"src_partition"`
-	Offset    *int64          `json:"src_offset"`
-	KafkaTime string          `json:"kafka_time"`
-	Payload   json.RawMessage `json:"payload"`
-}
+type Line = sinks.Line
 
 // ReadFile parses a file written by [Sink]. A last line without its newline
 // (a write in progress, or cut short by a crash) is not returned.
@@ -298,38 +227,10 @@ func ReadFile(path string) ([]Line, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", path, err)
 		}
-		l, err := parseLine(raw)
+		l, err := sinks.ParseJSON(raw)
 		if err != nil {
 			return nil, fmt.Errorf("%s:%d: %w", path, n, err)
 		}
 		out = append(out, l)
 	}
-}
-
-func parseLine(raw []byte) (Line, error) {
-	var w wireLine
-	if err := json.Unmarshal(raw, &w); err != nil {
-		return Line{}, err
-	}
-	if w.UUID == "" || w.IsNew == nil || w.Late == nil || w.Partition == nil || w.Offset == nil {
-		return Line{}, errors.New("missing member")
-	}
-	l := Line{UUID: w.UUID, EventDate: w.EventDate, IsNew: *w.IsNew != 0, Late: *w.Late != 0,
-		Partition: *w.Partition, Offset: *w.Offset, Payload: w.Payload}
-	if _, err := time.Parse(dateLayout, w.EventDate); err != nil {
-		return Line{}, fmt.Errorf("event_date: %w", err)
-	}
-	for _, t := range []struct {
-		name string
-		in   string
-		out  *time.Time
-	}{{"event_time", w.EventTime, &l.EventTime}, {"first_seen", w.FirstSeen, &l.FirstSeen},
-		{"kafka_time", w.KafkaTime, &l.KafkaTime}} {
-		v, err := time.Parse(time.RFC3339Nano, t.in)
-		if err != nil {
-			return Line{}, fmt.Errorf("%s: %w", t.name, err)
-		}
-		*t.out = v.UTC()
-	}
-	return l, nil
 }

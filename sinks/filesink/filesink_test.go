@@ -164,7 +164,7 @@ func TestLineFormat(t *testing.T) {
 	}
 	var b sinks.Batch
 	b.Append(&r)
-	got := string(appendLine(nil, &b, 0))
+	got := string(append(sinks.AppendJSON(nil, &b, 0), '\n'))
 	want := `{"uuid":"6ba7b810-9dad-11d1-80b4-00c04fd430c8","event_time":"2024-01-31T23:59:58.123Z",` +
 		`"event_date":"2024-01-31","first_seen":"2024-01-02T03:04:05.000Z","is_new":1,"late":0,` +
 		`"src_partition":3,"src_offset":12,"kafka_time":"2024-02-01T00:00:00.001Z",` +
@@ -172,7 +172,7 @@ func TestLineFormat(t *testing.T) {
 	if got != want {
 		t.Errorf("line\n%s\nwant\n%s", got, want)
 	}
-	if n := testing.AllocsPerRun(100, func() { _ = appendLine(make([]byte, 0, 1024)[:0], &b, 0) }); n > 1 {
+	if n := testing.AllocsPerRun(100, func() { _ = sinks.AppendJSON(make([]byte, 0, 1024)[:0], &b, 0) }); n > 1 {
 		t.Errorf("appendLine allocates %v times", n)
 	}
 }
