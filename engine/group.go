@@ -207,9 +207,14 @@ func (p *pipeline) prepare(ctx context.Context, parts []int32) (tasks []*task, u
 // another topic or time zone. On success the databases are open; the
 // caller closes them.
 func (p *pipeline) openAndRestore(ctx context.Context, parts []int32, checkHeader bool) (wants []*restoreWant, users int64, err error) {
+	// What is open so far: a failed return sets wants to nil before this
+	// runs, and a database left open would keep its lock, so that the
+	// partition's next assignment could not open it (a rebalance cancels a
+	// restore).
+	var opened []*restoreWant
 	defer func() {
 		if err != nil {
-			for _, w := range wants {
+			for _, w := range opened {
 				w.db.Close()
 			}
 		}
@@ -220,7 +225,7 @@ func (p *pipeline) openAndRestore(ctx context.Context, parts []int32, checkHeade
 			return nil, 0, err
 		}
 		w := &restoreWant{partition: part, db: db}
-		wants = append(wants, w)
+		opened = append(opened, w)
 		cp, ok, err := db.LoadCheckpoint()
 		if err != nil {
 			return nil, 0, fmt.Errorf("read checkpoint in %s: %w", db.Dir(), err)
@@ -237,10 +242,10 @@ func (p *pipeline) openAndRestore(ctx context.Context, parts []int32, checkHeade
 	// Only the immutable fields: the coordinator updates p.header.
 	h := state.Header{Topic: p.cfg.Topic, TopicID: p.topic.id, Group: p.cfg.Group, Tolerance: p.cfg.Operator.Tolerance,
 		Timezone: p.cfg.Operator.Calendar.Location().String()}
-	if users, err = p.restore(ctx, wants, h); err != nil {
+	if users, err = p.restore(ctx, opened, h); err != nil {
 		return nil, 0, err
 	}
-	return wants, users, nil
+	return opened, users, nil
 }
 
 func (p *pipeline) stateOptions() state.Options {
