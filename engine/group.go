@@ -39,8 +39,13 @@ import (
 //   - Lost (the group session expired, or the coordinator could not be
 //     reached: another replica may own the partitions now): their tasks
 //     stop without a checkpoint (committing anything more could race the
-//     new owner); their databases stay, so if they come back (a broker
-//     restart) they resume from their last checkpoint.
+//     new owner), and a checkpoint under way stops writing; their
+//     databases stay, so if they come back (a broker restart) they resume
+//     from their last checkpoint.
+//   - Fenced (the client has not noticed yet, but the group coordinator
+//     refuses the membership that a checkpoint's changelog transaction
+//     commits the group's offsets under; see fence.go): the transaction is
+//     aborted, nothing is written, and the run ends.
 
 // assignment asks the coordinator to start prepared tasks.
 type assignment struct {
@@ -166,6 +171,8 @@ func (p *pipeline) onLost(ctx context.Context, _ *kgo.Client, lost map[string][]
 	if len(parts) == 0 {
 		return
 	}
+	// First: a checkpoint under way stops writing (checkpoint, retry).
+	p.lost.Store(true)
 	p.log.Warn("kafka: the consumer group session was lost (the group coordinator could not be reached, or the "+
 		"session timed out); dropping the uncommitted work of these partitions, which resume from their last "+
 		"checkpoint wherever the group assigns them", "partitions", parts)
@@ -354,6 +361,11 @@ func (p *pipeline) addTasks(tasks []*task) error {
 	if err != nil {
 		return fmt.Errorf("kafka topic %q: list end offsets: %w", p.cfg.Topic, err)
 	}
+	if len(p.tasks) == 0 {
+		// A member id that changes while tasks run stops the run at the
+		// next checkpoint (groupFence.check).
+		p.member, _ = p.cl.GroupMetadata()
+	}
 	now := p.cfg.Now()
 	for _, t := range tasks {
 		// Epochs name this writer's sink requests: a new one must not be
@@ -376,7 +388,11 @@ func (p *pipeline) addTasks(tasks []*task) error {
 // it from the last checkpoint.
 func (p *pipeline) removeTasks(ctx context.Context, parts []int32, lost bool) error {
 	if !lost {
-		if err := p.checkpoint(ctx); err != nil {
+		err := p.checkpoint(ctx)
+		if errors.Is(err, errSessionLost) {
+			return p.dropLost(ctx, err)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -413,7 +429,12 @@ func (p *pipeline) removeTasks(ctx context.Context, parts []int32, lost bool) er
 		p.tasks = kept
 	}
 	p.sortTasks()
-	if !lost {
+	if len(p.tasks) == 0 {
+		p.member = ""
+	}
+	if lost {
+		p.lost.Store(false)
+	} else {
 		p.log.Info("partitions revoked: checkpointed and dropped", "partitions", parts)
 	}
 	return nil
