@@ -397,3 +397,56 @@ func waitReadyAndScrape(t *testing.T, p *proc, port int) string {
 	}
 	return string(b)
 }
+
+// Every command that talks to Kafka gets in through SCRAM over TLS with a
+// client certificate, with all its clients (a client without them would be
+// refused): generate, produce, bootstrap (from a file and from a ClickHouse
+// query over TLS with the test user), and run with --repartition.
+func TestEveryCommandThroughSASLAndTLS(t *testing.T) {
+	b := newSecureBroker(t, brokerOpts{mechanisms: []string{"SCRAM-SHA-512"}, tls: true, clientCert: true})
+	dir := t.TempDir()
+	cert, key := testcerts.WritePair(t, b.ca.Client(t, "firstseen"), dir, "client")
+	kafka := []string{"--brokers", b.c.ListenAddrs()[0], "--kafka-tls", "--kafka-tls-ca-file", b.ca.WriteCA(t, dir, "ca.pem"),
+		"--kafka-tls-cert-file", cert, "--kafka-tls-key-file", key, "--kafka-sasl-mechanism", "SCRAM-SHA-512", "--kafka-user", b.user}
+	t.Setenv(kafkaPasswordEnv, b.pass)
+	cli := func(args ...string) string {
+		t.Helper()
+		out, errOut, err := runCLI(t, nil, append(args, kafka...)...)
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", args[0], err, tail(errOut, 3000))
+		}
+		return out
+	}
+
+	cli("generate", "--topic", "generated", "--users", "50", "--days", "1")
+	dump := writeTemp(t, "dump.jsonl", []byte(`{"uuid":"3f1c2b9e-8a47-4c1e-9d2f-0b6a5e4c3d21","event_time":1767225600123}`+"\n"))
+	if out := cli("produce", "--topic", activity, dump, "--log-level", "error"); !strings.Contains(out, "1") {
+		t.Errorf("produce: %s", out)
+	}
+	users := writeTemp(t, "users.csv", []byte("uuid,first_seen\n3f1c2b9e-8a47-4c1e-9d2f-0b6a5e4c3d21,2025-01-01T00:00:00Z\n"))
+	cli("bootstrap", "--topic", activity, "--group", "boot", users, "--log-level", "error")
+
+	if sec, ok := secureClickHouse(t); ok {
+		t.Setenv(clickhousePasswordEnv, testsecrets.Get(t, testsecrets.ClickHousePassword))
+		cli("bootstrap", "--topic", activity, "--group", "boot", "--log-level", "error",
+			"--users-query", "SELECT '4f1c2b9e-8a47-4c1e-9d2f-0b6a5e4c3d21', toDateTime('2025-01-02 00:00:00')",
+			"--clickhouse-addr", sec.Addr, "--clickhouse-tls", "--clickhouse-tls-ca-file", sec.CAFile,
+			"--clickhouse-user", testsecrets.Get(t, testsecrets.ClickHouseUser))
+	}
+
+	// --repartition: the repartitioner's transactional group client too.
+	port := freePort(t)
+	p := start(t, "run --repartition", []string{kafkaPasswordEnv + "=" + b.pass}, append([]string{"run", "--topic", activity,
+		"--group", "rep", "--repartition", "--state-dir", t.TempDir(), "--sink", "file", "--sink-path", filepath.Join(dir, "rows.jsonl"),
+		"--checkpoint-interval", "200ms", "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", port), "--log-format", "json"}, kafka...)...)
+	waitReadyAndScrape(t, p, port)
+	stopGracefully(t, p, 30*time.Second)
+}
+
+// secureClickHouse is the test server's secure port, when there is one
+// (the Kafka tests do not need it otherwise).
+func secureClickHouse(t *testing.T) (chtest.SecureServer, bool) {
+	var sec chtest.SecureServer
+	ok := t.Run("clickhouse", func(t *testing.T) { sec = chtest.Secure(t) })
+	return sec, ok && sec.Addr != ""
+}
