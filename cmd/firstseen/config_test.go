@@ -1,7 +1,11 @@
 package main
 
 import (
+	"context"
+	"crypto/x509"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -9,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/spf13/pflag"
+	"github.com/twmb/franz-go/pkg/kerr"
 
 	"github.com/firstseen/firstseen/internal/testsecrets"
 )
@@ -325,5 +330,28 @@ func TestSecurityFlagProblems(t *testing.T) {
 				t.Errorf("got %v, want a usage error with %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// The start-up check's errors, for the answers a real Kafka gives (kfake
+// closes the connection instead, which the SASL tests cover).
+func TestKafkaAccessError(t *testing.T) {
+	f := &pipelineFlags{brokers: []string{"kafka-1:9093"}}
+	f.sec.saslMechanism, f.sec.kafkaUser = "SCRAM-SHA-256", "firstseen"
+	for _, tc := range []struct {
+		err, sasl error
+		want      string
+	}{
+		{kerr.SaslAuthenticationFailed, nil, `Kafka authentication failed for user "firstseen" with SCRAM-SHA-256 at kafka-1:9093: SASL_AUTHENTICATION_FAILED`},
+		{kerr.UnsupportedSaslMechanism, nil, "Kafka at kafka-1:9093 does not enable the SASL mechanism SCRAM-SHA-256"},
+		{io.EOF, io.EOF, `Kafka authentication failed for user "firstseen" with SCRAM-SHA-256 at kafka-1:9093: the broker closed the connection during authentication`},
+		{fmt.Errorf("unable to dial: %w", x509.UnknownAuthorityError{}), nil, "Kafka TLS handshake with kafka-1:9093 failed"},
+		{context.DeadlineExceeded, nil, ""},
+		{errors.New("dial tcp: connection refused"), nil, ""},
+	} {
+		err := f.kafkaAccessError(tc.err, tc.sasl)
+		if (tc.want == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("kafkaAccessError(%v, %v) = %v, want %q", tc.err, tc.sasl, err, tc.want)
+		}
 	}
 }
