@@ -441,6 +441,19 @@ func TestEveryCommandThroughSASLAndTLS(t *testing.T) {
 		"--checkpoint-interval", "200ms", "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", port), "--log-format", "json"}, kafka...)...)
 	waitReadyAndScrape(t, p, port)
 	stopGracefully(t, p, 30*time.Second)
+
+	// A replica of the bootstrapped group on an empty state directory
+	// restores its partitions from the changelog: the restore's client.
+	restored := filepath.Join(dir, "restored.jsonl")
+	cli("run", "--topic", activity, "--group", "boot", "--state-dir", t.TempDir(), "--until-caught-up",
+		"--sink", "file", "--sink-path", restored, "--metrics-addr", "0", "--log-level", "error")
+	lines, err := filesink.ReadFile(restored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := enginetest.ValidCount(b.want) + 1; len(lines) != want { // + the produced record
+		t.Errorf("%d rows, want %d", len(lines), want)
+	}
 }
 
 // secureClickHouse is the test server's secure port, when there is one
