@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -352,6 +353,18 @@ func TestKafkaAccessError(t *testing.T) {
 		err := f.kafkaAccessError(tc.err, tc.sasl)
 		if (tc.want == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("kafkaAccessError(%v, %v) = %v, want %q", tc.err, tc.sasl, err, tc.want)
+		}
+	}
+}
+
+// A secret printed by mistake shows where it came from, not its value.
+func TestSecretHidesItsValue(t *testing.T) {
+	s := secret{value: "v4lue", from: "FIRSTSEEN_X"}
+	var b strings.Builder
+	slog.New(slog.NewTextHandler(&b, nil)).Info("x", "s", s)
+	for _, out := range []string{fmt.Sprint(s), fmt.Sprintf("%v %+v %#v %s", s, s, s, s), b.String()} {
+		if strings.Contains(out, "v4lue") || !strings.Contains(out, "FIRSTSEEN_X") {
+			t.Errorf("printed as %q", out)
 		}
 	}
 }

@@ -76,6 +76,15 @@ type secret struct {
 	from  string
 }
 
+// String hides the value when a secret is printed by mistake.
+func (s secret) String() string { return "secret(from " + cmp.Or(s.from, "nowhere") + ")" }
+
+// GoString hides the value from %#v.
+func (s secret) GoString() string { return s.String() }
+
+// LogValue hides the value from slog.
+func (s secret) LogValue() slog.Value { return slog.StringValue(s.String()) }
+
 // refusedPassword is the value of --kafka-password and
 // --clickhouse-password: accepted by the parser, so that the check can say
 // what to do instead, and never stored.
