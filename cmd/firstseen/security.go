@@ -223,23 +223,7 @@ func (s *securityFlags) checkKafka() []string {
 	pw, pwProblems := readPassword(kafkaPasswordEnv, "kafka-password-file", s.kafkaPassFile)
 	problems = append(problems, pwProblems...)
 	s.kafkaPassword = pw
-	mech, err := normalizeMechanism(s.saslMechanism)
-	switch {
-	case err != nil:
-		problems = append(problems, err.Error())
-	case mech == "":
-		if s.kafkaUser != "" || pw.from != "" {
-			problems = append(problems, "--kafka-user and the Kafka password need --kafka-sasl-mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
-		}
-	default:
-		s.saslMechanism = mech
-		if s.kafkaUser == "" {
-			problems = append(problems, "--kafka-sasl-mechanism "+mech+" needs --kafka-user")
-		}
-		if pw.from == "" && len(pwProblems) == 0 {
-			problems = append(problems, "--kafka-sasl-mechanism "+mech+" needs a password: set "+kafkaPasswordEnv+" or give --kafka-password-file")
-		}
-	}
+	problems = append(problems, s.saslProblems(len(pwProblems) > 0)...)
 	if len(problems) > 0 {
 		return problems
 	}
@@ -251,6 +235,31 @@ func (s *securityFlags) checkKafka() []string {
 		s.kafkaOpts = append(s.kafkaOpts, kgo.SASL(m))
 	}
 	return nil
+}
+
+// saslProblems checks the mechanism, the user and that a password was
+// given (unless reading it failed: passwordFailed); it normalizes the
+// mechanism's name.
+func (s *securityFlags) saslProblems(passwordFailed bool) []string {
+	mech, err := normalizeMechanism(s.saslMechanism)
+	switch {
+	case err != nil:
+		return []string{err.Error()}
+	case mech == "":
+		if s.kafkaUser != "" || s.kafkaPassword.from != "" {
+			return []string{"--kafka-user and the Kafka password need --kafka-sasl-mechanism (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"}
+		}
+		return nil
+	}
+	s.saslMechanism = mech
+	var problems []string
+	if s.kafkaUser == "" {
+		problems = append(problems, "--kafka-sasl-mechanism "+mech+" needs --kafka-user")
+	}
+	if s.kafkaPassword.from == "" && !passwordFailed {
+		problems = append(problems, "--kafka-sasl-mechanism "+mech+" needs a password: set "+kafkaPasswordEnv+" or give --kafka-password-file")
+	}
+	return problems
 }
 
 // normalizeMechanism returns the SASL mechanism in upper case, or an
