@@ -5,18 +5,21 @@ GO ?= go
 .PHONY: test build demo lint bench microbench
 
 # test installs and starts Debian's clickhouse-server when it is missing
-# (and installs redis-server, which the benchmark's smoke test starts),
+# (with TLS on port 9440 and a test user with a password, for the security
+# tests), and installs redis-server, which the benchmark's smoke test starts,
 # then runs every test with the race detector. Tests that need ClickHouse
 # fail (not skip) here when it cannot be reached. The allocation tests run
 # again without -race, whose instrumentation (and Pebble's invariant checks)
 # allocate. Then the deployment (deploy/validate, a module of its own):
 # the kustomize output validated against the Kubernetes schemas
 # (kubeconform, strict), the Dockerfile against BuildKit's build checks.
+# .ci/no-secrets fails the step when the output of go test holds one of the
+# test passwords of testdata/secrets.env.
 test:
 	.ci/clickhouse ensure
 	.ci/redis ensure
-	FIRSTSEEN_REQUIRE_CLICKHOUSE=1 $(GO) test -race -count=1 -timeout 20m ./...
-	$(GO) test -count=1 -run 'Allocate' ./...
+	FIRSTSEEN_REQUIRE_CLICKHOUSE=1 .ci/no-secrets $(GO) test -race -count=1 -timeout 20m ./...
+	.ci/no-secrets $(GO) test -count=1 -run 'Allocate' ./...
 	cd deploy/validate && $(GO) test -count=1 -timeout 20m ./...
 
 build:
