@@ -12,9 +12,12 @@ GO ?= go
 # allocate. Then the deployment (deploy/validate, a module of its own):
 # the kustomize output validated against the Kubernetes schemas
 # (kubeconform, strict), the Dockerfile against BuildKit's build checks.
+# And the dashboard and alert rules of deploy/monitoring, whose checks run
+# promtool (Debian's prometheus package, installed when missing).
 test:
 	.ci/clickhouse ensure
 	.ci/redis ensure
+	.ci/promtool ensure
 	FIRSTSEEN_REQUIRE_CLICKHOUSE=1 $(GO) test -race -count=1 -timeout 20m ./...
 	$(GO) test -count=1 -run 'Allocate' ./...
 	cd deploy/validate && $(GO) test -count=1 -timeout 20m ./...
