@@ -27,7 +27,7 @@ func TestFailedRestoreClosesDatabases(t *testing.T) {
 	defer cl.Close()
 	cfg := Config{Brokers: c.ListenAddrs(), Topic: "in", StateDir: t.TempDir()}
 	cfg.setDefaults()
-	p := &pipeline{cfg: cfg, log: cfg.Logger, adm: kadm.NewClient(cl), cache: state.NewCache(1 << 20)}
+	p := &pipeline{cfg: cfg, log: cfg.Logger, adm: kadm.NewClient(cl), cache: state.NewCache(1 << 20), status: &Status{}}
 	defer p.cache.Unref()
 
 	ctx, cancel := context.WithCancel(context.Background())
