@@ -55,8 +55,12 @@ func TestFencedMemberWritesNothing(t *testing.T) {
 	produce(5, 10)
 	select {
 	case err := <-done:
-		if err == nil || !strings.Contains(err.Error(), "fenced off its partitions") || !strings.Contains(err.Error(), "write the intents") {
-			t.Fatalf("got %v, want the group's refusal of the intents", err)
+		// The refused transaction is the intents' of the epoch with rows,
+		// or, when an epoch without rows (no intents) came first, its
+		// state changes': either way no row of the dropped member's reaches
+		// the sink (checked below).
+		if err == nil || !strings.Contains(err.Error(), "fenced off its partitions") {
+			t.Fatalf("got %v, want the group's refusal", err)
 		}
 		t.Log(err)
 	case <-time.After(30 * time.Second):
