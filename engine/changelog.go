@@ -25,6 +25,14 @@ import (
 // with the same instance id fences its predecessor's producer, which aborts
 // an open transaction at once; otherwise the broker aborts it after
 // changelogTxnTimeout.
+//
+// Both transactions also commit the consumer group's offsets of the
+// partitions they cover, under this process's member id, generation and
+// instance id in the group (KIP-447's TxnOffsetCommit). The group
+// coordinator refuses that commit from a member it no longer has, so a
+// replica whose session expired while it was paused, and whose partitions
+// went to another, cannot commit an intent, and so writes no row, nor a
+// checkpoint record behind the new owner's back (fence.go).
 
 // changelogTxnTimeout bounds how long a transaction of a dead replica can
 // hold back the restore of its partitions (the broker aborts it then). A
@@ -66,7 +74,11 @@ func ChangelogConfigs() map[string]*string {
 // changelogProducer writes the changelog in transactions.
 type changelogProducer struct {
 	cl    *kgo.Client
+	txnID string
 	topic string
+	// fence, once set, makes every transaction commit the group's offsets
+	// as the group member that owns them.
+	fence *groupFence
 	recs  []kgo.Record // reused across transactions
 	// arena holds the keys and values of recs, in chunks that are never
 	// moved (a record's slices point into them); reused too.
@@ -96,9 +108,10 @@ func (c *changelogProducer) copy(b []byte) []byte {
 }
 
 func newChangelogProducer(cfg *Config, writer string) (*changelogProducer, error) {
+	txnID := cfg.Group + "-state-" + writer
 	opts := append([]kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
-		kgo.TransactionalID(cfg.Group + "-state-" + writer),
+		kgo.TransactionalID(txnID),
 		kgo.TransactionTimeout(changelogTxnTimeout),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.ProducerLinger(0),
@@ -108,7 +121,7 @@ func newChangelogProducer(cfg *Config, writer string) (*changelogProducer, error
 	if err != nil {
 		return nil, fmt.Errorf("kafka client for the changelog: %w", err)
 	}
-	return &changelogProducer{cl: cl, topic: cfg.ChangelogTopic}, nil
+	return &changelogProducer{cl: cl, txnID: txnID, topic: cfg.ChangelogTopic}, nil
 }
 
 // add queues a record for the next write, copying key and value.
@@ -125,9 +138,14 @@ func (c *changelogProducer) bytes() int {
 	return n
 }
 
-// write produces the queued records in one transaction and commits it. It
-// returns, per partition, the offset after the last record written there.
-func (c *changelogProducer) write(ctx context.Context) (map[int32]int64, error) {
+// write produces the queued records in one transaction and commits it,
+// together with the group offsets given (input partition to next offset)
+// as group member owner when the producer has a fence. It returns, per
+// partition, the offset after the last record written there. An error that
+// wraps errFenced or errSessionLost means that this process is no longer
+// the member that owns the partitions: the transaction was aborted, none
+// of it is visible.
+func (c *changelogProducer) write(ctx context.Context, owner string, offsets map[int32]int64) (map[int32]int64, error) {
 	defer func() {
 		clear(c.recs)
 		c.recs = c.recs[:0]
@@ -140,7 +158,7 @@ func (c *changelogProducer) write(ctx context.Context) (map[int32]int64, error) 
 		return nil, nil
 	}
 	if err := c.cl.BeginTransaction(); err != nil {
-		return nil, fmt.Errorf("changelog: begin transaction: %w", err)
+		return nil, fencedWriter(fmt.Errorf("changelog: begin transaction: %w", err))
 	}
 	next := map[int32]int64{}
 	var firstErr error
@@ -165,15 +183,30 @@ func (c *changelogProducer) write(ctx context.Context) (map[int32]int64, error) 
 	case <-ctx.Done():
 		<-done // producing fails once ctx is done
 	}
+	// The offsets last, right before the commit: the broker's check of the
+	// membership is then as close as it can be to the sink write that the
+	// committed intents allow.
+	var fenceErr error
+	if firstErr == nil && c.fence != nil && len(offsets) > 0 {
+		fenceErr = c.fence.commitOffsets(ctx, c, owner, offsets)
+	}
 	commit := kgo.TryCommit
-	if firstErr != nil {
+	if firstErr != nil || fenceErr != nil {
 		commit = kgo.TryAbort
 	}
 	if err := c.cl.EndTransaction(ctx, commit); err != nil {
-		return nil, fmt.Errorf("changelog %q: end transaction: %w", c.topic, errors.Join(firstErr, err))
+		// Not aborted for sure: whatever the group said, the producer
+		// is in no state to go on.
+		if fenceErr != nil {
+			return nil, fencedWriter(fmt.Errorf("changelog %q: end transaction: %w (after: %v)", c.topic, err, fenceErr))
+		}
+		return nil, fencedWriter(fmt.Errorf("changelog %q: end transaction: %w", c.topic, errors.Join(firstErr, err)))
+	}
+	if fenceErr != nil {
+		return nil, fencedWriter(fenceErr)
 	}
 	if firstErr != nil {
-		return nil, fmt.Errorf("changelog %q: produce: %w", c.topic, firstErr)
+		return nil, fencedWriter(fmt.Errorf("changelog %q: produce: %w", c.topic, firstErr))
 	}
 	return next, nil
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
-	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/firstseen/firstseen/state"
 )
@@ -21,16 +20,28 @@ import (
 //
 // A failed checkpoint ends the run: the tasks have moved on from the
 // handed-over epoch, so the next start must replay it from the last
-// committed checkpoint.
+// committed checkpoint. The exception is errSessionLost (see
+// tryCheckpoint): the tasks are about to be dropped.
+//
+// Nothing is written unless the group still has this process as the
+// member its partitions were assigned to: no checkpoint is taken once the
+// group client has reported the session lost, and both changelog
+// transactions commit the group's offsets under the membership, which the
+// group coordinator refuses from a member it no longer has (fence.go).
 func (p *pipeline) checkpoint(ctx context.Context) error {
 	err := p.takeCheckpoint(ctx)
-	if err != nil {
+	if err != nil && !errors.Is(err, errSessionLost) {
 		p.status.CheckpointFailures.Add(1)
 	}
 	return err
 }
 
 func (p *pipeline) takeCheckpoint(ctx context.Context) error {
+	if len(p.tasks) > 0 && p.clog.fence != nil {
+		if err := p.clog.fence.check(p.member); err != nil {
+			return err
+		}
+	}
 	began := time.Now()
 	epoch := p.header.Epoch + 1
 	reply := make(chan *snapshot, len(p.tasks))
@@ -94,6 +105,7 @@ func (p *pipeline) takeCheckpoint(ctx context.Context) error {
 		// each names the input the epoch covers, and where its dead
 		// letters will start.
 		var ends map[int32]int64
+		offsets := map[int32]int64{} // the input the intents cover, for the group
 		if len(dead) > 0 {
 			var err error
 			if ends, err = listOffsets(ctx, p.adm.ListEndOffsets, p.cfg.DLQTopic); err != nil {
@@ -111,8 +123,9 @@ func (p *pipeline) takeCheckpoint(ctx context.Context) error {
 			}
 			k, v := state.EncodeChangelogIntent(&in)
 			p.clog.add(s.partition, k, v)
+			offsets[s.partition] = s.next
 		}
-		if _, err := p.clog.write(ctx); err != nil {
+		if _, err := p.clog.write(ctx, p.member, offsets); err != nil {
 			return fail(fmt.Errorf("write the intents: %w", err))
 		}
 	}
@@ -151,9 +164,13 @@ func (p *pipeline) takeCheckpoint(ctx context.Context) error {
 	}
 
 	// The state changes, with each partition's checkpoint, go to the
-	// changelog in one transaction, then into the partitions' databases.
+	// changelog in one transaction, with the group's offsets (for lag
+	// tools; recovery never reads them), then into the partitions'
+	// databases.
 	var users int
+	offsets := make(map[int32]int64, len(snaps))
 	for _, s := range snaps {
+		offsets[s.partition] = s.next
 		if !s.changed {
 			continue
 		}
@@ -163,7 +180,7 @@ func (p *pipeline) takeCheckpoint(ctx context.Context) error {
 		})
 	}
 	changelogBytes := p.clog.bytes()
-	written, err := p.clog.write(ctx)
+	written, err := p.clog.write(ctx, p.member, offsets)
 	if err != nil {
 		return fail(fmt.Errorf("write the state changes: %w", err))
 	}
@@ -199,21 +216,11 @@ func (p *pipeline) takeCheckpoint(ctx context.Context) error {
 		p.status.Ready.Store(true)
 	}
 
-	offsets := map[int32]kgo.EpochOffset{}
 	held := 0
 	for _, s := range snaps {
-		offsets[s.partition] = kgo.EpochOffset{Epoch: -1, Offset: s.next}
 		held += s.held
 	}
 	p.held = held
-	// As the group member that owns the partitions (a commit from outside
-	// the generation is refused while the group has members).
-	p.cl.CommitOffsetsSync(ctx, map[string]map[int32]kgo.EpochOffset{p.cfg.Topic: offsets},
-		func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, _ *kmsg.OffsetCommitResponse, err error) {
-			if err != nil && ctx.Err() == nil {
-				p.log.Debug("committing group offsets for lag monitoring failed", "group", p.cfg.Group, "err", err)
-			}
-		})
 	took := time.Since(began)
 	p.observer.CheckpointTaken(took, p.out.Len(), changelogBytes)
 	p.log.Debug("checkpoint", "epoch", epoch, "partitions", len(snaps), "rows", p.out.Len(), "dead_letters", len(dead),
@@ -273,11 +280,17 @@ func (p *pipeline) crashPoint(name string, output bool) error {
 	return p.cfg.Testing.CrashAt(name)
 }
 
-// retry calls fn until it succeeds, ctx ends, or retryable says no.
+// retry calls fn until it succeeds, ctx ends, or retryable says no. It
+// stops with errSessionLost, before any attempt, once the group client has
+// reported the session lost: the partitions' next owner writes what is
+// missing, and an attempt of this one could land after it looked.
 func (p *pipeline) retry(ctx context.Context, what string, fn func() error, retryable func(error) bool) error {
 	backoff := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		p.status.Alive.Store(time.Now().UnixMilli())
+		if p.lost.Load() {
+			return fmt.Errorf("%s: %w", what, errSessionLost)
+		}
 		err := fn()
 		if err == nil {
 			if attempt > 1 {

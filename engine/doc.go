@@ -24,8 +24,10 @@
 // state batch, and go on with e+1), the intents of the partitions with
 // output in one transaction on the changelog topic, the sink write, the dead
 // letters, the state changes and each partition's checkpoint in one more
-// changelog transaction, a synced commit of each partition's database, then
-// consumer-group offsets for lag tools. A partition whose last changelog
+// changelog transaction, then a synced commit of each partition's database.
+// Both transactions commit the consumer group's offsets too, as the member
+// that owns the partitions, so that the broker refuses them from a replica
+// the group has dropped (fence.go). A partition whose last changelog
 // intent is not followed by a checkpoint was interrupted: whoever owns it
 // next (this process after a crash, or another replica) replays that epoch
 // deterministically and writes only what did not land. docs/checkpoints.md

@@ -38,8 +38,13 @@ import (
 //   - Lost (the group session expired, or the coordinator could not be
 //     reached: another replica may own the partitions now): their tasks
 //     stop without a checkpoint (committing anything more could race the
-//     new owner); their databases stay, so if they come back (a broker
-//     restart) they resume from their last checkpoint.
+//     new owner), and a checkpoint under way stops writing; their
+//     databases stay, so if they come back (a broker restart) they resume
+//     from their last checkpoint.
+//   - Fenced (the client has not noticed yet, but the group coordinator
+//     refuses the membership that a checkpoint's changelog transaction
+//     commits the group's offsets under; see fence.go): the transaction is
+//     aborted, nothing is written, and the run ends.
 
 // assignment asks the coordinator to start prepared tasks.
 type assignment struct {
@@ -141,6 +146,8 @@ func (p *pipeline) onLost(ctx context.Context, _ *kgo.Client, lost map[string][]
 	if len(parts) == 0 {
 		return
 	}
+	// First: a checkpoint under way stops writing (checkpoint, retry).
+	p.lost.Store(true)
 	p.log.Warn("kafka: the consumer group session was lost (the group coordinator could not be reached, or the "+
 		"session timed out); dropping the uncommitted work of these partitions, which resume from their last "+
 		"checkpoint wherever the group assigns them", "partitions", parts)
@@ -182,9 +189,14 @@ func (p *pipeline) prepare(ctx context.Context, parts []int32) (tasks []*task, u
 // another topic or time zone. On success the databases are open; the
 // caller closes them.
 func (p *pipeline) openAndRestore(ctx context.Context, parts []int32, checkHeader bool) (wants []*restoreWant, users int64, err error) {
+	// What is open so far: a failed return sets wants to nil before this
+	// runs, and a database left open would keep its lock, so that the
+	// partition's next assignment could not open it (a rebalance cancels a
+	// restore).
+	var opened []*restoreWant
 	defer func() {
 		if err != nil {
-			for _, w := range wants {
+			for _, w := range opened {
 				w.db.Close()
 			}
 		}
@@ -195,7 +207,7 @@ func (p *pipeline) openAndRestore(ctx context.Context, parts []int32, checkHeade
 			return nil, 0, err
 		}
 		w := &restoreWant{partition: part, db: db}
-		wants = append(wants, w)
+		opened = append(opened, w)
 		cp, ok, err := db.LoadCheckpoint()
 		if err != nil {
 			return nil, 0, fmt.Errorf("read checkpoint in %s: %w", db.Dir(), err)
@@ -212,10 +224,10 @@ func (p *pipeline) openAndRestore(ctx context.Context, parts []int32, checkHeade
 	// Only the immutable fields: the coordinator updates p.header.
 	h := state.Header{Topic: p.cfg.Topic, TopicID: p.topic.id, Group: p.cfg.Group, Tolerance: p.cfg.Operator.Tolerance,
 		Timezone: p.cfg.Operator.Calendar.Location().String()}
-	if users, err = p.restore(ctx, wants, h); err != nil {
+	if users, err = p.restore(ctx, opened, h); err != nil {
 		return nil, 0, err
 	}
-	return wants, users, nil
+	return opened, users, nil
 }
 
 func (p *pipeline) stateOptions() state.Options {
@@ -325,6 +337,11 @@ func (p *pipeline) addTasks(tasks []*task) error {
 	if err != nil {
 		return fmt.Errorf("kafka topic %q: list end offsets: %w", p.cfg.Topic, err)
 	}
+	if len(p.tasks) == 0 {
+		// A member id that changes while tasks run stops the run at the
+		// next checkpoint (groupFence.check).
+		p.member, _ = p.cl.GroupMetadata()
+	}
 	now := p.cfg.Now()
 	for _, t := range tasks {
 		// Epochs name this writer's sink requests: a new one must not be
@@ -348,7 +365,11 @@ func (p *pipeline) addTasks(tasks []*task) error {
 // it from the last checkpoint.
 func (p *pipeline) removeTasks(ctx context.Context, parts []int32, lost bool) error {
 	if !lost {
-		if err := p.checkpoint(ctx); err != nil {
+		err := p.checkpoint(ctx)
+		if errors.Is(err, errSessionLost) {
+			return p.dropLost(ctx, err)
+		}
+		if err != nil {
 			return err
 		}
 	}
@@ -386,7 +407,12 @@ func (p *pipeline) removeTasks(ctx context.Context, parts []int32, lost bool) er
 		p.tasks = kept
 	}
 	p.sortTasks()
-	if !lost {
+	if len(p.tasks) == 0 {
+		p.member = ""
+	}
+	if lost {
+		p.lost.Store(false)
+	} else {
 		p.log.Info("partitions revoked: checkpointed and dropped", "partitions", parts)
 	}
 	return nil

@@ -182,8 +182,15 @@ type pipeline struct {
 	snapshotAt time.Time
 	// assigned: a partition was assigned at least once; restoring counts
 	// assignments being prepared.
-	assigned    atomic.Bool
-	restoring   atomic.Int32
+	assigned  atomic.Bool
+	restoring atomic.Int32
+	// lost is set when the group client reports the session lost (onLost),
+	// until the coordinator has dropped the partitions: no checkpoint is
+	// taken meanwhile.
+	lost atomic.Bool
+	// member is the group member id the tasks' partitions were assigned
+	// to ("" without tasks; coordinator only).
+	member      string
 	misplaced   int64 // records off their uuid's partition, as last reported
 	warnedAt    time.Time
 	status      *Status
@@ -279,6 +286,8 @@ func Run(ctx context.Context, cfg Config) (Stats, error) {
 	if p.cl, err = kgo.NewClient(opts...); err != nil {
 		return Stats{}, fmt.Errorf("kafka client: %w", err)
 	}
+	p.clog.fence = &groupFence{group: cfg.Group, instance: instance, topic: cfg.Topic, topicID: p.topic.id,
+		session: p.session}
 	p.log.Info("starting", "topic", cfg.Topic, "partitions", len(p.topic.partitions), "group", cfg.Group,
 		"instance", instance, "changelog", cfg.ChangelogTopic, "state_dir", cfg.StateDir)
 
@@ -347,7 +356,7 @@ func (p *pipeline) coordinate(ctx context.Context, pollDone <-chan error) error 
 	defer tick.Stop()
 	final := func(why string) error {
 		p.log.Info(why+": taking a final checkpoint", "timeout", p.cfg.ShutdownTimeout)
-		return p.checkpoint(cpCtx)
+		return p.tryCheckpoint(cpCtx)
 	}
 	for {
 		if ctx.Err() != nil {
@@ -372,11 +381,11 @@ func (p *pipeline) coordinate(ctx context.Context, pollDone <-chan error) error 
 				return err
 			}
 		case <-cpTimer.C:
-			if err := p.checkpoint(cpCtx); err != nil {
+			if err := p.tryCheckpoint(cpCtx); err != nil {
 				return err
 			}
 		case <-p.full:
-			if err := p.checkpoint(cpCtx); err != nil {
+			if err := p.tryCheckpoint(cpCtx); err != nil {
 				return err
 			}
 			cpTimer.Reset(p.cfg.CheckpointInterval)
@@ -400,6 +409,41 @@ func (p *pipeline) coordinate(ctx context.Context, pollDone <-chan error) error 
 			}
 		}
 	}
+}
+
+// tryCheckpoint takes a checkpoint. One abandoned because the group client
+// reported the session lost is not an error: see dropLost.
+func (p *pipeline) tryCheckpoint(ctx context.Context) error {
+	err := p.checkpoint(ctx)
+	if errors.Is(err, errSessionLost) {
+		return p.dropLost(ctx, err)
+	}
+	return err
+}
+
+// dropLost drops every task, uncommitted, after a checkpoint was abandoned
+// because the group client reported the session lost (err): as the
+// revocation the client queued would, but at once, since no task may go on
+// past an epoch it handed over that was not committed. The client then
+// rejoins the group.
+func (p *pipeline) dropLost(ctx context.Context, err error) error {
+	// Its epoch number may name sink requests sent already: the next
+	// checkpoint takes the one after.
+	p.header.Epoch++
+	parts := make([]int32, 0, len(p.tasks))
+	for _, t := range p.tasks {
+		parts = append(parts, t.partition)
+	}
+	p.log.Warn("checkpoint abandoned: the consumer group session was lost; dropping the partitions without it",
+		"partitions", parts, "err", err)
+	return p.removeTasks(ctx, parts, true)
+}
+
+// session is the group membership as the group client sees it: its member
+// id and generation, and whether it reported the session lost since.
+func (p *pipeline) session() (member string, generation int32, lost bool) {
+	member, generation = p.cl.GroupMetadata()
+	return member, generation, p.lost.Load()
 }
 
 // reportMisplaced warns, at most once a minute, when records arrived on a

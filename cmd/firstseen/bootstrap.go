@@ -43,7 +43,10 @@ type bootstrapOptions struct {
 // one set of flags (or FIRSTSEEN_* variables) serves both.
 var bootstrapUsed = []string{"input", "format", "uuid-column", "first-seen-column", "users-query", "max-reported", "strict",
 	"brokers", "topic", "group", "changelog-topic", "repartition", "repartition-topic", "work-dir", "clickhouse-addr", "clickhouse-database",
-	"clickhouse-user", "clickhouse-password", "log-level", "log-format", "cpu-profile"}
+	"clickhouse-user", "clickhouse-password-file", "log-level", "log-format", "cpu-profile", "config",
+	"kafka-tls", "kafka-tls-ca-file", "kafka-tls-cert-file", "kafka-tls-key-file", "kafka-tls-server-name",
+	"kafka-sasl-mechanism", "kafka-user", "kafka-password-file",
+	"clickhouse-tls", "clickhouse-tls-ca-file", "clickhouse-tls-cert-file", "clickhouse-tls-key-file", "clickhouse-tls-server-name"}
 
 func newBootstrapCmd() *cobra.Command {
 	var (
@@ -247,12 +250,19 @@ func runBootstrap(cmd *cobra.Command, args []string, f *pipelineFlags, o bootstr
 		if err := checkHostPorts("clickhouse-addr", splitList(f.chAddr)); err != nil {
 			return err
 		}
+		if err := problemsError(f.sec.checkClickHouse()); err != nil {
+			return err
+		}
 	}
 	log, ctx, stop, err := f.logAndSignals()
 	if err != nil {
 		return err
 	}
 	defer stop()
+	f.sec.logSecurity(log, o.usersQuery != "")
+	if err := f.checkKafkaAccess(ctx, log); err != nil {
+		return err
+	}
 
 	// The input's header next, so that a missing column is reported before
 	// anything else is touched.
@@ -358,6 +368,7 @@ type bootstrapKafka struct {
 	changelog  string
 	partitions int // of procTopic, and so of the changelog
 	log        *slog.Logger
+	opts       []kgo.Opt // TLS and SASL, for every client
 
 	sent    atomic.Int64 // records handed to the client
 	written atomic.Int64 // records acknowledged
@@ -371,7 +382,7 @@ const bootstrapMetadataTimeout = 30 * time.Second
 // openBootstrapKafka connects, learns the input topic's partition count and
 // makes sure the changelog topic exists with as many partitions.
 func openBootstrapKafka(ctx context.Context, f *pipelineFlags, procTopic, changelog string, log *slog.Logger) (*bootstrapKafka, error) {
-	cl, err := kgo.NewClient(
+	cl, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.SeedBrokers(f.brokers...),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		// The idempotent producer (franz-go's default, with acks from all
@@ -379,12 +390,12 @@ func openBootstrapKafka(ctx context.Context, f *pipelineFlags, procTopic, change
 		// records of a partition stay in order.
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.WithLogger(engine.KafkaLogger(log)),
-	)
+	}, f.sec.kafkaOpts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka client: %w", err)
 	}
 	k := &bootstrapKafka{cl: cl, adm: kadm.NewClient(cl), brokers: f.brokers, topic: f.topic, procTopic: cmp.Or(procTopic, f.topic),
-		group: f.group, changelog: changelog, log: log}
+		group: f.group, changelog: changelog, log: log, opts: f.sec.kafkaOpts}
 	if err := k.discover(ctx); err != nil {
 		cl.Close()
 		return nil, err
@@ -565,7 +576,7 @@ func restoreScratch(ctx context.Context, k *bootstrapKafka, dir string, log *slo
 	for chunk := range slices.Chunk(all, bootstrapRestoreChunk) {
 		n, err := engine.Restore(ctx, engine.Config{Brokers: k.brokers, Topic: k.procTopic, Group: k.group,
 			ChangelogTopic: k.changelog, StateDir: dir, Logger: log, State: state.Options{Logger: log},
-			KafkaOptions: bootstrapRestoreFetch}, chunk)
+			KafkaOptions: append(slices.Clone(bootstrapRestoreFetch), k.opts...)}, chunk)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, errors.New("bootstrap interrupted: nothing was written")

@@ -13,6 +13,7 @@ import (
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 
 	"github.com/firstseen/firstseen/operators"
+	"github.com/firstseen/firstseen/sinks/clickhouse"
 )
 
 type usersQuery struct {
@@ -35,9 +36,10 @@ func openUsersQuery(ctx context.Context, f *pipelineFlags, query string, log *sl
 	conn, err := ch.Open(&ch.Options{
 		Protocol:    ch.Native,
 		Addr:        splitList(f.chAddr),
-		Auth:        ch.Auth{Database: f.chDatabase, Username: f.chUser, Password: f.chPassword},
+		Auth:        ch.Auth{Database: f.chDatabase, Username: f.chUser, Password: f.sec.chPassword.value},
 		DialTimeout: 10 * time.Second,
 		Compression: &ch.Compression{Method: ch.CompressionLZ4},
+		TLS:         f.sec.chTLS.config,
 	})
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--clickhouse-addr %s: %w", f.chAddr, err)}
@@ -48,6 +50,9 @@ func openUsersQuery(ctx context.Context, f *pipelineFlags, query string, log *sl
 	rows, err := conn.Query(qctx, query)
 	if err != nil {
 		conn.Close()
+		if clickhouse.IsAuthError(err) {
+			return nil, fmt.Errorf("ClickHouse at %s refused user %q: %w", f.chAddr, f.chUser, err)
+		}
 		return nil, fmt.Errorf("--users-query on %s: %w", f.chAddr, err)
 	}
 	q.rows, q.scan, q.next, q.err = rows, rows.Scan, rows.Next, rows.Err

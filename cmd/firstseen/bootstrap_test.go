@@ -1006,7 +1006,8 @@ func TestBootstrapHelpExplainsFlagsAndRules(t *testing.T) {
 	}
 	for _, f := range []string{"input", "format", "uuid-column", "first-seen-column", "users-query", "max-reported", "strict",
 		"brokers", "topic", "group", "changelog-topic", "work-dir",
-		"clickhouse-addr", "clickhouse-database", "clickhouse-user", "clickhouse-password", "log-level", "log-format"} {
+		"clickhouse-addr", "clickhouse-database", "clickhouse-user", "clickhouse-password-file", "log-level", "log-format",
+		"kafka-tls", "kafka-sasl-mechanism", "kafka-user", "kafka-password-file", "clickhouse-tls", "config"} {
 		if !strings.Contains(out, "--"+f+" ") {
 			t.Errorf("bootstrap --help does not document --%s", f)
 		}

@@ -51,12 +51,12 @@ with a per-day table read back from where the rows went.`,
 		Args:    noArgs,
 		PreRunE: preRun,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			op, err := f.operatorConfig()
-			if err != nil {
-				return err
-			}
+			op, problems := f.operatorProblems()
 			if o.users <= 0 || o.days <= 0 || o.partitions <= 0 {
-				return usageError{fmt.Errorf("--users, --days and --partitions must be above 0")}
+				problems = append(problems, "--users, --days and --partitions must be above 0")
+			}
+			if err := problemsError(append(problems, f.sec.checkClickHouse()...)); err != nil {
+				return err
 			}
 			log, ctx, stop, err := f.logAndSignals()
 			if err != nil {
@@ -68,6 +68,7 @@ with a per-day table read back from where the rows went.`,
 	}
 	fs := cmd.Flags()
 	fs.SortFlags = false
+	addConfigFlag(fs)
 	fs.IntVar(&o.users, "users", 3000, "users in the generated workload")
 	fs.IntVar(&o.days, "days", 2, "days the workload covers (ending at the last midnight)")
 	fs.IntVar(&o.partitions, "partitions", 4, "partitions of the demo topic")
@@ -124,9 +125,9 @@ func runDemo(ctx context.Context, out io.Writer, f *pipelineFlags, op operators.
 	var ch *clickhouse.Sink
 	jsonl := o.output
 	if f.chAddr != "" {
-		ch, err = clickhouse.Open(ctx, clickhouse.Config{Addr: splitList(f.chAddr), Database: f.chDatabase,
-			Table: f.chTable, User: f.chUser, Password: f.chPassword, DialTimeout: 3 * time.Second,
-			Compression: f.chCompression})
+		chCfg := f.clickhouseConfig()
+		chCfg.DialTimeout = 3 * time.Second
+		ch, err = clickhouse.Open(ctx, chCfg)
 		if err != nil {
 			fmt.Fprintf(out, "ClickHouse at %s is not usable (%v); writing JSON Lines instead\n", f.chAddr, err)
 		} else if err = ch.Conn().Exec(ctx, "TRUNCATE TABLE "+ch.Table()); err != nil {

@@ -29,29 +29,46 @@ func envName(flag string) string {
 }
 
 // applyEnv sets every flag not given on the command line from its
-// environment variable, if set.
-func applyEnv(fs *pflag.FlagSet) error {
-	var err error
+// environment variable, if set, and returns every problem. The refused
+// password flags are skipped: their variables are the passwords themselves.
+func applyEnv(fs *pflag.FlagSet) []string {
+	var problems []string
 	fs.VisitAll(func(f *pflag.Flag) {
-		if err != nil || f.Changed {
+		if _, refused := f.Value.(*refusedPassword); refused || f.Changed {
 			return
 		}
 		v, ok := os.LookupEnv(envName(f.Name))
 		if !ok {
 			return
 		}
-		if e := fs.Set(f.Name, v); e != nil {
-			shown := v
-			if isSecret(f.Name) {
-				shown = "***"
-			}
-			err = usageError{fmt.Errorf("invalid %s=%q (for --%s): %v", envName(f.Name), shown, f.Name, e)}
+		if e := setFlag(fs, f, v); e != nil {
+			problems = append(problems, fmt.Sprintf("invalid %s=%q (for --%s): %v", envName(f.Name), shown(f.Name, v), f.Name, maskValue(f.Name, v, e)))
+			return
 		}
+		setSource(f, sourceEnv)
 	})
-	return err
+	return problems
 }
 
-func isSecret(name string) bool { return strings.Contains(name, "password") }
+// isSecret reports whether a flag's value is a secret, never to be shown.
+func isSecret(name string) bool { return strings.HasSuffix(name, "password") }
+
+// shown is a flag's value as it may be printed.
+func shown(name, v string) string {
+	if isSecret(name) {
+		return "***"
+	}
+	return v
+}
+
+// maskValue removes a secret flag's value from err's text (pflag's errors
+// repeat the value).
+func maskValue(name, v string, err error) error {
+	if !isSecret(name) || v == "" || !strings.Contains(err.Error(), v) {
+		return err
+	}
+	return errors.New(strings.ReplaceAll(err.Error(), v, "***"))
+}
 
 // pipelineFlags are the flags of the processor, shared by run and demo.
 type pipelineFlags struct {
@@ -64,7 +81,6 @@ type pipelineFlags struct {
 	chDatabase         string
 	chTable            string
 	chUser             string
-	chPassword         string
 	chCompression      clickhouse.Compression
 	timezone           string
 	tolerance          time.Duration
@@ -87,6 +103,7 @@ type pipelineFlags struct {
 	pprof              bool
 	summaryInterval    time.Duration
 	sessionTimeout     time.Duration
+	sec                securityFlags
 }
 
 // addKafka registers the Kafka flags. Every command that touches the topic
@@ -96,6 +113,7 @@ func (f *pipelineFlags) addKafka(fs *pflag.FlagSet) {
 	fs.StringVar(&f.topic, "topic", "", "Kafka topic of the activity logs (required)")
 	fs.StringVar(&f.group, "group", "firstseen", "consumer group: the processes with the same group share the topic's partitions (and its changelog, <group>-state)")
 	fs.StringVar(&f.dlqTopic, "dlq-topic", "", "dead-letter topic for malformed records (default <topic>.dlq)")
+	f.sec.addKafka(fs)
 }
 
 // addState registers --state-dir.
@@ -130,7 +148,7 @@ func (f *pipelineFlags) addClickHouse(fs *pflag.FlagSet, table string) {
 	fs.StringVar(&f.chDatabase, "clickhouse-database", "default", "ClickHouse database; created if missing")
 	fs.StringVar(&f.chTable, "clickhouse-table", table, "ClickHouse table for enriched rows; created if missing")
 	fs.StringVar(&f.chUser, "clickhouse-user", "default", "ClickHouse user")
-	fs.StringVar(&f.chPassword, "clickhouse-password", "", "ClickHouse password; prefer the environment variable "+envName("clickhouse-password")+" so it stays out of process listings")
+	f.sec.addClickHouse(fs)
 	f.chCompression = clickhouse.CompressionLZ4
 	fs.Var(&f.chCompression, "clickhouse-compression", "compression of the rows sent to ClickHouse: lz4 (fewer bytes on the wire, right across a network) or none "+
 		"(saves the CPU LZ4 costs, the largest part of the sink's work, when ClickHouse is on the same host or a fast link)")
@@ -176,8 +194,16 @@ func (f *pipelineFlags) addProfiling(fs *pflag.FlagSet) {
 	fs.StringVar(&f.cpuProfile, "cpu-profile", "", "write a CPU profile of the whole command to this file (read it with 'go tool pprof')")
 }
 
-// validate checks the event-time flags and returns the operator config.
+// operatorConfig checks the event-time flags and returns the operator
+// config, or a usage error with every problem.
 func (f *pipelineFlags) operatorConfig() (operators.Config, error) {
+	op, problems := f.operatorProblems()
+	return op, problemsError(problems)
+}
+
+// operatorProblems checks the event-time flags and returns the operator
+// config and every problem.
+func (f *pipelineFlags) operatorProblems() (operators.Config, []string) {
 	var problems []string
 	loc, err := time.LoadLocation(f.timezone)
 	if err != nil || f.timezone == "" || strings.EqualFold(f.timezone, "local") {
@@ -199,7 +225,7 @@ func (f *pipelineFlags) operatorConfig() (operators.Config, error) {
 		problems = append(problems, "--uuid-field and --time-field must be set and differ")
 	}
 	if len(problems) > 0 {
-		return operators.Config{}, usageError{fmt.Errorf("%s", strings.Join(problems, "\n  "))}
+		return operators.Config{}, problems
 	}
 	return operators.Config{
 		Tolerance: f.tolerance, MaxFuture: f.maxFuture, IdleTimeout: f.idleTimeout,
@@ -207,20 +233,49 @@ func (f *pipelineFlags) operatorConfig() (operators.Config, error) {
 	}, nil
 }
 
-// checkKafka checks the Kafka flags of a command that needs the topic:
-// --topic is required (topicIs, in the error, says what it holds) and
-// --brokers is parsed into f.brokers.
-func (f *pipelineFlags) checkKafka(topicIs string) error {
-	if f.topic == "" {
-		return usageError{errors.New("--topic is required: " + topicIs)}
+// problemsError is a usage error listing problems, or nil when there are
+// none.
+func problemsError(problems []string) error {
+	switch len(problems) {
+	case 0:
+		return nil
+	case 1:
+		return usageError{errors.New(problems[0])}
 	}
-	return f.checkBrokers()
+	return usageError{fmt.Errorf("%d problems with the configuration:\n  %s", len(problems), strings.Join(problems, "\n  "))}
 }
 
-// checkBrokers parses --brokers into f.brokers and checks its addresses.
+// checkKafka checks the Kafka flags of a command that needs the topic:
+// --topic is required (topicIs, in the error, says what it holds),
+// --brokers is parsed into f.brokers, and the security flags build the
+// client options.
+func (f *pipelineFlags) checkKafka(topicIs string) error {
+	return problemsError(f.kafkaProblems(topicIs))
+}
+
+// kafkaProblems is checkKafka's list of every problem.
+func (f *pipelineFlags) kafkaProblems(topicIs string) []string {
+	var problems []string
+	if f.topic == "" {
+		problems = append(problems, "--topic is required: "+topicIs)
+	}
+	return append(problems, f.brokerProblems()...)
+}
+
+// checkBrokers parses --brokers into f.brokers and checks its addresses,
+// and the Kafka security flags.
 func (f *pipelineFlags) checkBrokers() error {
+	return problemsError(f.brokerProblems())
+}
+
+// brokerProblems is checkBrokers' list of every problem.
+func (f *pipelineFlags) brokerProblems() []string {
+	var problems []string
 	f.brokers = splitList(f.brokersList)
-	return checkHostPorts("brokers", f.brokers)
+	if err := checkHostPorts("brokers", f.brokers); err != nil {
+		problems = append(problems, err.Error())
+	}
+	return append(problems, f.sec.checkKafka()...)
 }
 
 // logAndSignals returns the logger of --log-level and --log-format, and a
@@ -274,6 +329,21 @@ func splitList(s string) []string {
 	return out
 }
 
+// loggingProblems checks --log-level and --log-format.
+func (f *pipelineFlags) loggingProblems() []string {
+	var problems []string
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		problems = append(problems, fmt.Sprintf("--log-level %q: want debug, info, warn or error", f.logLevel))
+	}
+	switch f.logFormat {
+	case "json", "text", "auto":
+	default:
+		problems = append(problems, fmt.Sprintf("--log-format %q: want text, json or auto", f.logFormat))
+	}
+	return problems
+}
+
 func (f *pipelineFlags) logger() (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
@@ -300,7 +370,7 @@ func (f *pipelineFlags) engineConfig(op operators.Config, log *slog.Logger) engi
 		Brokers: f.brokers, Topic: f.topic, Group: f.group, DLQTopic: f.dlqTopic, StateDir: f.stateDir,
 		InstanceID: f.instanceID, ChangelogTopic: f.changelogTopic, SessionTimeout: f.sessionTimeout,
 		Operator: op, CheckpointInterval: f.checkpointInterval, BufferBytes: f.bufferMiB << 20,
-		ShutdownTimeout: f.shutdownTimeout, Logger: log,
+		ShutdownTimeout: f.shutdownTimeout, Logger: log, KafkaOptions: f.sec.kafkaOpts,
 	}
 }
 
@@ -312,5 +382,6 @@ func noArgs(cmd *cobra.Command, args []string) error {
 	return nil
 }
 
-// preRun applies the environment before a command's flags are validated.
-func preRun(cmd *cobra.Command, _ []string) error { return applyEnv(cmd.Flags()) }
+// preRun applies the environment and the config file before a command's
+// flags are validated.
+func preRun(cmd *cobra.Command, _ []string) error { return problemsError(applySources(cmd)) }

@@ -108,6 +108,7 @@ the output (on standard error when a file goes to standard output).`,
 	fs.StringVar(&o.start, "start", "", "first day, YYYY-MM-DD (UTC) (default: --days days before today, UTC, so the window ends at today's midnight)")
 	fs.StringVar(&o.output, "output", "", `write the workload to this JSON Lines file ("-": standard output) instead of producing it to --topic`)
 	fs.StringVar(&o.oracle, "oracle", "", `also write the expected result, one JSON line per record, to this file ("-": standard output); offsets assume an empty topic`)
+	addConfigFlag(fs)
 	f.addKafka(fs)
 	f.addEvent(fs)
 	hideFlags(fs, "group", "dlq-topic", "idle-timeout", "checkpoint-interval")
@@ -220,7 +221,10 @@ func runGenerate(cmd *cobra.Command, f *pipelineFlags, o generateOptions, onCmdL
 	var s *sender
 	partitions := cfg.Partitions
 	if o.output == "" {
-		if s, err = newSender(f.brokers, f.topic, kgo.ManualPartitioner(), 10000, log); err != nil {
+		if err := f.checkKafkaAccess(ctx, log); err != nil {
+			return err
+		}
+		if s, err = newSender(f.brokers, f.sec.kafkaOpts, f.topic, kgo.ManualPartitioner(), 10000, log); err != nil {
 			return err
 		}
 		defer s.close()

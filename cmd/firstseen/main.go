@@ -6,7 +6,8 @@
 //
 // Every flag can also be set by an environment variable: FIRSTSEEN_ and the
 // flag name in upper case with dashes as underscores, e.g.
-// FIRSTSEEN_CLICKHOUSE_PASSWORD. A flag given on the command line wins.
+// FIRSTSEEN_CLICKHOUSE_ADDR, or in a YAML config file (--config). A flag
+// given on the command line wins, then the environment, then the file.
 package main
 
 import (
@@ -43,13 +44,17 @@ Records may arrive up to --tolerance out of order and still get the answer
 they would get in event-time order. Offsets, watermarks and state are
 checkpointed together, so a restart resumes exactly where it stopped.
 
-Every flag can also come from the environment: FIRSTSEEN_<FLAG>, upper case,
-dashes as underscores (FIRSTSEEN_CLICKHOUSE_PASSWORD). Flags win over the
-environment.`,
+Every flag can also come from the environment, FIRSTSEEN_<FLAG> (upper case,
+dashes as underscores: FIRSTSEEN_CLICKHOUSE_ADDR), or from a YAML config file
+(--config FILE or FIRSTSEEN_CONFIG) keyed by flag name. A flag on the command
+line wins over the environment, which wins over the file. 'firstseen config
+check' checks and prints the result. Passwords come only from
+FIRSTSEEN_KAFKA_PASSWORD and FIRSTSEEN_CLICKHOUSE_PASSWORD, or from the files
+--kafka-password-file and --clickhouse-password-file name.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newRunCmd(), newStatusCmd(), newBootstrapCmd(), newProduceCmd(), newGenerateCmd(), newStateCmd(), newDemoCmd(), newDevBrokerCmd())
+	root.AddCommand(newRunCmd(), newStatusCmd(), newBootstrapCmd(), newProduceCmd(), newGenerateCmd(), newStateCmd(), newDemoCmd(), newDevBrokerCmd(), newConfigCmd())
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w\nrun '%s --help' for the flags", err, c.CommandPath())}
 	})

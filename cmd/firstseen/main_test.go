@@ -34,7 +34,7 @@ func TestRunHelpExplainsEveryFlag(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, f := range []string{"brokers", "topic", "group", "state-dir", "clickhouse-addr", "clickhouse-database",
-		"clickhouse-table", "clickhouse-user", "clickhouse-password", "timezone", "tolerance", "idle-timeout",
+		"clickhouse-table", "clickhouse-user", "clickhouse-password-file", "timezone", "tolerance", "idle-timeout",
 		"max-future", "checkpoint-interval", "dlq-topic", "until-caught-up", "shutdown-timeout"} {
 		if !strings.Contains(out, "--"+f+" ") {
 			t.Errorf("run --help does not document --%s", f)

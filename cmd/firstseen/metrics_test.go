@@ -152,9 +152,20 @@ func TestMetricsDuringRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range strings.Fields(stripComments(string(names))) {
-		if !after.has(name) {
-			t.Errorf("deploy/monitoring/metrics.txt names %s, which a running processor does not serve", name)
+	for _, line := range strings.Split(string(names), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) < 2 || strings.HasPrefix(fields[0], "#") {
+			continue
+		}
+		name, typ, labels := fields[0], fields[1], fields[2:]
+		if got := after.families[name]; got != typ {
+			t.Errorf("deploy/monitoring/metrics.txt lists %s %s; a running processor serves it as %q", name, typ, got)
+			continue
+		}
+		for _, l := range labels {
+			if !after.hasLabel(name, l) {
+				t.Errorf("deploy/monitoring/metrics.txt gives %s the label %s, which it does not have", name, l)
+			}
 		}
 	}
 	// The profiler is off without --pprof.
@@ -295,10 +306,10 @@ func TestSummaryAttrs(t *testing.T) {
 }
 
 // metricSamples is one scrape: samples by name and labels as exposed
-// (`name{l="v"}`), plus the family names.
+// (`name{l="v"}`), plus the families' types.
 type metricSamples struct {
 	samples  map[string]float64
-	families map[string]bool
+	families map[string]string
 }
 
 func scrapeMetrics(t *testing.T, base string) metricSamples {
@@ -307,10 +318,10 @@ func scrapeMetrics(t *testing.T, base string) metricSamples {
 	if code != http.StatusOK {
 		t.Fatalf("/metrics = %d %s", code, body)
 	}
-	m := metricSamples{samples: map[string]float64{}, families: map[string]bool{}}
+	m := metricSamples{samples: map[string]float64{}, families: map[string]string{}}
 	for _, line := range strings.Split(body, "\n") {
 		if f, ok := strings.CutPrefix(line, "# TYPE "); ok {
-			m.families[strings.Fields(f)[0]] = true
+			m.families[strings.Fields(f)[0]] = strings.Fields(f)[1]
 		}
 		if line == "" || line[0] == '#' {
 			continue
@@ -326,7 +337,17 @@ func scrapeMetrics(t *testing.T, base string) metricSamples {
 }
 
 func (m metricSamples) get(series string) float64 { return m.samples[series] }
-func (m metricSamples) has(family string) bool    { return m.families[family] }
+
+// hasLabel says whether a sample of the family (a histogram's or summary's
+// included) carries the label.
+func (m metricSamples) hasLabel(family, label string) bool {
+	for k := range m.samples {
+		if strings.HasPrefix(k, family) && strings.Contains(k, "{") && strings.Contains(k[strings.IndexByte(k, '{'):], label+"=") {
+			return true
+		}
+	}
+	return false
+}
 
 // sum adds the samples of a name over all label sets.
 func (m metricSamples) sum(name string) float64 {
@@ -337,17 +358,6 @@ func (m metricSamples) sum(name string) float64 {
 		}
 	}
 	return s
-}
-
-func stripComments(s string) string {
-	var b strings.Builder
-	for _, line := range strings.Split(s, "\n") {
-		if i := strings.IndexByte(line, '#'); i >= 0 {
-			line = line[:i]
-		}
-		b.WriteString(line + "\n")
-	}
-	return b.String()
 }
 
 // get fetches url; code 0 means no answer.

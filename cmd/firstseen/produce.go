@@ -118,7 +118,10 @@ many records of the input were produced; a second signal exits at once.`,
 			}
 			ctx, stop := interruptContext()
 			defer stop()
-			o := produceOptions{brokers: f.brokers, topic: f.topic, uuidField: f.uuidField, format: format,
+			if err := f.checkKafkaAccess(ctx, log); err != nil {
+				return err
+			}
+			o := produceOptions{brokers: f.brokers, kafkaOpts: f.sec.kafkaOpts, topic: f.topic, uuidField: f.uuidField, format: format,
 				batch: batch, log: log, progress: cmd.ErrOrStderr()}
 			st, err := produceDump(ctx, in, name, size, o)
 			if st.records > 0 || err == nil {
@@ -129,6 +132,7 @@ many records of the input were produced; a second signal exits at once.`,
 	}
 	fs := cmd.Flags()
 	fs.SortFlags = false
+	addConfigFlag(fs)
 	f.addKafka(fs)
 	hideFlags(fs, "group", "dlq-topic")
 	fs.Lookup("topic").Usage = "Kafka topic to produce to; it must exist (required)"
@@ -177,6 +181,7 @@ func interruptContext() (context.Context, func()) {
 
 type produceOptions struct {
 	brokers   []string
+	kafkaOpts []kgo.Opt // TLS and SASL
 	topic     string
 	uuidField string
 	format    string // auto, jsonl or csv
@@ -258,7 +263,7 @@ func produceDump(ctx context.Context, in io.Reader, name string, size int64, o p
 	if st.format == "workload" {
 		part = kgo.ManualPartitioner()
 	}
-	s, err := newSender(o.brokers, o.topic, part, o.batch, o.log)
+	s, err := newSender(o.brokers, o.kafkaOpts, o.topic, part, o.batch, o.log)
 	if err != nil {
 		return st, err
 	}
@@ -368,8 +373,9 @@ type sender struct {
 	err     error
 }
 
-func newSender(brokers []string, topic string, part kgo.Partitioner, inFlight int, log *slog.Logger) (*sender, error) {
-	cl, err := kgo.NewClient(
+// newSender starts a producer to topic; opts are the TLS and SASL options.
+func newSender(brokers []string, opts []kgo.Opt, topic string, part kgo.Partitioner, inFlight int, log *slog.Logger) (*sender, error) {
+	cl, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.SeedBrokers(brokers...),
 		kgo.DefaultProduceTopic(topic),
 		kgo.RecordPartitioner(part),
@@ -379,7 +385,7 @@ func newSender(brokers []string, topic string, part kgo.Partitioner, inFlight in
 		// While the brokers are unreachable it retries (and logs) until
 		// interrupted.
 		kgo.WithLogger(engine.KafkaLogger(log)),
-	)
+	}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka client: %w", err)
 	}

@@ -10,20 +10,28 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/firstseen/firstseen/engine"
+	"github.com/firstseen/firstseen/operators"
 	"github.com/firstseen/firstseen/sinks"
 	"github.com/firstseen/firstseen/sinks/clickhouse"
 	"github.com/firstseen/firstseen/sinks/filesink"
 )
 
+// runOptions are the flags of run, which config check checks too.
+type runOptions struct {
+	f                pipelineFlags
+	sinkKind         string
+	sinkPath         string
+	untilCaughtUp    bool
+	snapshotInterval time.Duration
+}
+
 func newRunCmd() *cobra.Command {
 	var (
-		f                pipelineFlags
-		sinkKind         string
-		sinkPath         string
-		untilCaughtUp    bool
-		snapshotInterval time.Duration
+		o       runOptions
+		sourced []string // problems of the variables and the config file
 	)
 	cmd := &cobra.Command{
 		Use:   "run --topic TOPIC [flags]",
@@ -60,110 +68,169 @@ last checkpoint.`,
 
   # A daily batch job: process what is there, checkpoint, exit 0.
   firstseen run --topic activity --until-caught-up`,
-		Args:    noArgs,
-		PreRunE: preRun,
+		Args: noArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			sourced = applySources(cmd)
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := f.checkKafka("the Kafka topic holding the activity logs"); err != nil {
+			op, problems := o.validate()
+			if err := problemsError(append(sourced, problems...)); err != nil {
 				return err
 			}
-			if f.dlqTopic == f.topic {
-				return usageError{fmt.Errorf("--dlq-topic must differ from --topic: dead letters would be read back and dead-lettered again")}
-			}
-			if f.stateDir == "" {
-				return usageError{fmt.Errorf("--state-dir is empty: give a directory for the state")}
-			}
-			if f.shutdownTimeout <= 0 {
-				return usageError{fmt.Errorf("--shutdown-timeout %s must be above 0", f.shutdownTimeout)}
-			}
-			op, err := f.operatorConfig()
-			if err != nil {
-				return err
-			}
-			if f.summaryInterval <= 0 {
-				return usageError{fmt.Errorf("--summary-interval %s must be above 0", f.summaryInterval)}
-			}
-			if f.bufferMiB < 1 {
-				return usageError{fmt.Errorf("--buffer-mib %d must be at least 1", f.bufferMiB)}
-			}
-			if err := f.applyMemoryLimit(); err != nil {
-				return err
-			}
-			log, ctx, stop, err := f.logAndSignals()
-			if err != nil {
-				return err
-			}
-			defer stop()
-
-			cfg := f.engineConfig(op, log)
-			cfg.UntilCaughtUp = untilCaughtUp
-			cfg.SnapshotInterval = snapshotInterval
-			if snapshotInterval == 0 {
-				cfg.SnapshotInterval = -1
-			}
-			switch sinkKind {
-			case "clickhouse":
-				if err := checkHostPorts("clickhouse-addr", splitList(f.chAddr)); err != nil {
-					return err
-				}
-				s, err := openClickHouse(ctx, &f, log)
-				if err != nil {
-					return err
-				}
-				defer s.Close()
-				cfg.Sink, cfg.IsRetryable = s, clickhouse.IsRetryable
-			case "file":
-				if sinkPath == "" {
-					return usageError{fmt.Errorf("--sink file needs --sink-path, the JSON Lines file to append to")}
-				}
-				s, err := filesink.Open(sinkPath)
-				if err != nil {
-					return err
-				}
-				defer s.Close()
-				cfg.Sink = s
-			default:
-				return usageError{fmt.Errorf("--sink %q: want clickhouse or file", sinkKind)}
-			}
-			obs := newMetricsObserver(sinkKind)
-			cfg.Status, cfg.Observer = &engine.Status{}, obs
-			stopServe, err := serveStatus(listener{addr: f.metricsAddr, pprof: f.pprof, stallAfter: defaultStallAfter(f.checkpointInterval),
-				explicit: cmd.Flags().Changed("metrics-addr") || os.Getenv(envName("metrics-addr")) != ""}, cfg.Status, obs, log)
-			if err != nil {
-				return err
-			}
-			defer stopServe()
-			go logSummaries(ctx, cfg.Status, f.summaryInterval, log)
-			st, err := runPipeline(ctx, &f, cfg)
-			if err == nil || st.Records > 0 {
-				logSummary(log, st)
-			}
-			return err
+			return o.run(cmd, op)
 		},
 	}
-	fs := cmd.Flags()
+	o.addFlags(cmd.Flags())
+	return cmd
+}
+
+// addFlags registers run's flags.
+func (o *runOptions) addFlags(fs *pflag.FlagSet) {
+	f := &o.f
 	fs.SortFlags = false
+	addConfigFlag(fs)
 	f.addKafka(fs)
 	f.addGroup(fs)
 	f.addState(fs)
 	f.addClickHouse(fs, "enriched_logs")
 	f.addEvent(fs)
-	fs.BoolVar(&untilCaughtUp, "until-caught-up", false, "process what the topic holds at start, take a final checkpoint and exit 0 (for scheduled jobs)")
+	fs.BoolVar(&o.untilCaughtUp, "until-caught-up", false, "process what the topic holds at start, take a final checkpoint and exit 0 (for scheduled jobs)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long the final checkpoint may take")
-	fs.DurationVar(&snapshotInterval, "snapshot-interval", time.Minute, "how often a snapshot of the state is published for 'firstseen state' to read while this runs (0: never)")
-	fs.StringVar(&sinkKind, "sink", "clickhouse", "where rows go: clickhouse, or file (JSON Lines at --sink-path)")
-	fs.StringVar(&sinkPath, "sink-path", "", "with --sink file: the JSON Lines file rows are appended to")
+	fs.DurationVar(&o.snapshotInterval, "snapshot-interval", time.Minute, "how often a snapshot of the state is published for 'firstseen state' to read while this runs (0: never)")
+	fs.StringVar(&o.sinkKind, "sink", "clickhouse", "where rows go: clickhouse, or file (JSON Lines at --sink-path)")
+	fs.StringVar(&o.sinkPath, "sink-path", "", "with --sink file: the JSON Lines file rows are appended to")
 	f.addMemory(fs)
 	f.addLogging(fs)
 	f.addSummary(fs)
 	f.addProfiling(fs)
-	return cmd
+}
+
+// validate checks every flag of run without connecting anywhere (it reads
+// the files the flags name: certificates, keys, passwords) and returns the
+// operator config and every problem found.
+func (o *runOptions) validate() (operators.Config, []string) {
+	f := &o.f
+	problems := f.kafkaProblems("the Kafka topic holding the activity logs")
+	if f.topic != "" && f.dlqTopic == f.topic {
+		problems = append(problems, "--dlq-topic must differ from --topic: dead letters would be read back and dead-lettered again")
+	}
+	if f.repartition && o.untilCaughtUp {
+		problems = append(problems, "--until-caught-up cannot be combined with --repartition: the re-keyed topic is written while "+
+			"the processor reads it, so there is no end to catch up with")
+	}
+	if f.repartition && f.topic != "" && f.repartitionTopic == f.topic {
+		problems = append(problems, "--repartition-topic must differ from --topic")
+	}
+	if f.stateDir == "" {
+		problems = append(problems, "--state-dir is empty: give a directory for the state")
+	}
+	if f.shutdownTimeout <= 0 {
+		problems = append(problems, fmt.Sprintf("--shutdown-timeout %s must be above 0", f.shutdownTimeout))
+	}
+	op, opProblems := f.operatorProblems()
+	problems = append(problems, opProblems...)
+	if f.bufferMiB < 1 {
+		problems = append(problems, fmt.Sprintf("--buffer-mib %d must be at least 1", f.bufferMiB))
+	}
+	if f.summaryInterval <= 0 {
+		problems = append(problems, fmt.Sprintf("--summary-interval %s must be above 0", f.summaryInterval))
+	}
+	if f.memoryLimitMiB < 0 {
+		problems = append(problems, fmt.Sprintf("--memory-limit-mib %d must be 0 (none) or above", f.memoryLimitMiB))
+	}
+	problems = append(problems, f.loggingProblems()...)
+	return op, append(problems, o.sinkProblems()...)
+}
+
+// sinkProblems checks --sink and the flags of the sink it names.
+func (o *runOptions) sinkProblems() []string {
+	switch o.sinkKind {
+	case "clickhouse":
+		var problems []string
+		if err := checkHostPorts("clickhouse-addr", splitList(o.f.chAddr)); err != nil {
+			problems = append(problems, err.Error())
+		}
+		return append(problems, o.f.sec.checkClickHouse()...)
+	case "file":
+		if o.sinkPath == "" {
+			return []string{"--sink file needs --sink-path, the JSON Lines file to append to"}
+		}
+		return nil
+	}
+	return []string{fmt.Sprintf("--sink %q: want clickhouse or file", o.sinkKind)}
+}
+
+// warnings are settings of run that work but are unsafe or likely wrong.
+func (o *runOptions) warnings() []string {
+	w := o.f.sec.kafkaWarnings()
+	if o.sinkKind == "clickhouse" {
+		w = append(w, o.f.clickhouseWarnings()...)
+	}
+	return w
+}
+
+// run runs the processor with the checked flags.
+func (o *runOptions) run(cmd *cobra.Command, op operators.Config) error {
+	f := &o.f
+	if err := f.applyMemoryLimit(); err != nil {
+		return err
+	}
+	log, ctx, stop, err := f.logAndSignals()
+	if err != nil {
+		return err
+	}
+	defer stop()
+	f.sec.logSecurity(log, o.sinkKind == "clickhouse")
+	for _, w := range o.warnings() {
+		log.Warn(w)
+	}
+	if err := f.checkKafkaAccess(ctx, log); err != nil {
+		return err
+	}
+
+	cfg := f.engineConfig(op, log)
+	cfg.UntilCaughtUp = o.untilCaughtUp
+	cfg.SnapshotInterval = o.snapshotInterval
+	if o.snapshotInterval == 0 {
+		cfg.SnapshotInterval = -1
+	}
+	switch o.sinkKind {
+	case "clickhouse":
+		s, err := openClickHouse(ctx, f, log)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		cfg.Sink, cfg.IsRetryable = s, clickhouse.IsRetryable
+	case "file":
+		s, err := filesink.Open(o.sinkPath)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		cfg.Sink = s
+	}
+	obs := newMetricsObserver(o.sinkKind)
+	cfg.Status, cfg.Observer = &engine.Status{}, obs
+	stopServe, err := serveStatus(listener{addr: f.metricsAddr, pprof: f.pprof, stallAfter: defaultStallAfter(f.checkpointInterval),
+		explicit: cmd.Flags().Changed("metrics-addr") || os.Getenv(envName("metrics-addr")) != ""}, cfg.Status, obs, log)
+	if err != nil {
+		return err
+	}
+	defer stopServe()
+	go logSummaries(ctx, cfg.Status, f.summaryInterval, log)
+	st, err := runPipeline(ctx, f, cfg)
+	if err == nil || st.Records > 0 {
+		logSummary(log, st)
+	}
+	return err
 }
 
 // openClickHouse connects, retrying while the error is transient, so a
 // processor started before its database waits for it.
 func openClickHouse(ctx context.Context, f *pipelineFlags, log *slog.Logger) (*clickhouse.Sink, error) {
-	cfg := clickhouse.Config{Addr: splitList(f.chAddr), Database: f.chDatabase, Table: f.chTable, User: f.chUser, Password: f.chPassword,
-		Compression: f.chCompression}
+	cfg := f.clickhouseConfig()
 	backoff := time.Second
 	for {
 		s, err := clickhouse.Open(ctx, cfg)

@@ -10,10 +10,18 @@
 //     `docker build --check`, with base images resolved offline;
 //   - the Docker build context that .dockerignore leaves is built as the
 //     Dockerfile builds it, and the binary is checked to be static and to
-//     know every FIRSTSEEN_* variable the manifests set.
+//     know every FIRSTSEEN_* variable the manifests set;
+//   - the Grafana dashboard and the Prometheus alert rules in
+//     deploy/monitoring: the dashboard's structure, every PromQL query
+//     checked by promtool (the dashboard's as recording rules) and against
+//     the metric list deploy/monitoring/metrics.txt (with the PromQL
+//     parser's syntax tree), the rules' labels, annotations and runbooks,
+//     and their promtool unit tests.
 //
 // It is a module of its own so that the main module's go.mod stays free of
-// kustomize, kubeconform and BuildKit. Run it from the repository root with
+// kustomize, kubeconform, BuildKit and Prometheus. It needs promtool on
+// $PATH (or $PROMTOOL): .ci/promtool ensure installs Debian's. Run it from
+// the repository root with
 //
 //	(cd deploy/validate && go test -count=1 ./...)
 package validate

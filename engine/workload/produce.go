@@ -13,10 +13,10 @@ import (
 // Produce writes recs to topic in order, each to its Partition, with the
 // idempotent producer, and returns once the broker acknowledged them all.
 // Into a topic that was empty, record i of a partition lands at the offset
-// the oracle gives it.
-func Produce(ctx context.Context, brokers []string, topic string, recs []Record) error {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()),
-		kgo.ProducerLinger(5*time.Millisecond), kgo.MaxBufferedRecords(100_000))
+// the oracle gives it. opts are added to the client's options (TLS, SASL).
+func Produce(ctx context.Context, brokers []string, topic string, recs []Record, opts ...kgo.Opt) error {
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		kgo.ProducerLinger(5 * time.Millisecond), kgo.MaxBufferedRecords(100_000)}, opts...)...)
 	if err != nil {
 		return err
 	}

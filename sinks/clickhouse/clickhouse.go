@@ -50,6 +50,7 @@ package clickhouse
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -71,6 +72,7 @@ import (
 	ch "github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
+	"github.com/firstseen/firstseen/internal/tlserr"
 	"github.com/firstseen/firstseen/sinks"
 )
 
@@ -83,6 +85,9 @@ type Config struct {
 	Password    string        // never included in errors
 	DialTimeout time.Duration // default 10s
 	Compression Compression   // of the rows sent; default CompressionLZ4
+	// TLS, when set, connects with TLS (the server's secure native port,
+	// usually 9440). An empty ServerName is the host of the address.
+	TLS *tls.Config
 }
 
 // Compression is how the rows of an INSERT are compressed on the wire. It
@@ -178,6 +183,7 @@ type Sink struct {
 	ins      driver.Conn
 	insNet   atomic.Pointer[net.Conn]
 	where    string // "clickhouse host:port" prefix of every error
+	user     string
 	password string
 	table    string // quoted `db`.`table`
 	insert   string
@@ -207,6 +213,7 @@ func Open(ctx context.Context, cfg Config) (*Sink, error) {
 	cfg = cfg.withDefaults()
 	s := &Sink{
 		where:    "clickhouse " + strings.Join(cfg.Addr, ","),
+		user:     cfg.User,
 		password: cfg.Password,
 		table:    quoteIdent(cfg.Database) + "." + quoteIdent(cfg.Table),
 	}
@@ -224,6 +231,7 @@ func Open(ctx context.Context, cfg Config) (*Sink, error) {
 		Auth:        ch.Auth{Username: cfg.User, Password: cfg.Password},
 		DialTimeout: cfg.DialTimeout,
 		Compression: compression,
+		TLS:         cfg.TLS,
 	}
 	conn, err := ch.Open(&opts)
 	if err != nil {
@@ -234,10 +242,15 @@ func Open(ctx context.Context, cfg Config) (*Sink, error) {
 	opts.MaxOpenConns, opts.MaxIdleConns = 1, 1
 	opts.DialContext = func(ctx context.Context, addr string) (net.Conn, error) {
 		c, err := dialer.DialContext(ctx, "tcp", addr)
-		if err == nil {
-			s.insNet.Store(&c)
+		if err != nil {
+			return nil, err
 		}
-		return c, err
+		// The plain connection, whose Close ends the INSERT at once.
+		s.insNet.Store(&c)
+		if cfg.TLS == nil {
+			return c, nil
+		}
+		return clientTLS(ctx, c, addr, cfg.TLS)
 	}
 	if s.ins, err = ch.Open(&opts); err != nil {
 		_ = conn.Close()
@@ -253,6 +266,14 @@ func Open(ctx context.Context, cfg Config) (*Sink, error) {
 	err = conn.Ping(pingCtx)
 	cancel()
 	if err != nil {
+		if reason := authFailure(err); reason != "" {
+			_ = conn.Close()
+			_ = s.ins.Close()
+			return nil, &authError{where: s.where, user: cfg.User, reason: reason, err: err, password: cfg.Password}
+		}
+		if tlserr.Is(err) {
+			return fail("TLS handshake failed", err)
+		}
 		return fail("cannot connect", err)
 	}
 	if err := conn.QueryRow(ctx, "SELECT version()").Scan(&s.version); err != nil {

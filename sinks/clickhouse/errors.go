@@ -2,14 +2,18 @@ package clickhouse
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"syscall"
 
 	ch "github.com/ClickHouse/clickhouse-go/v2"
+
+	"github.com/firstseen/firstseen/internal/tlserr"
 )
 
 // opError is every error the sink returns: it names the server and what the
@@ -32,7 +36,76 @@ func (e *opError) Error() string {
 func (e *opError) Unwrap() error { return e.err }
 
 func (s *Sink) wrap(op string, err error) error {
+	if reason := authFailure(err); reason != "" {
+		return &authError{where: s.where, user: s.user, reason: reason, err: err, password: s.password}
+	}
 	return &opError{where: s.where, op: op, err: err, password: s.password}
+}
+
+// authCodes are the server error codes of a refused login, and what they
+// mean: 18.x-20.x say which part was wrong, newer servers do not.
+var authCodes = map[int32]string{
+	192: "unknown user",          // UNKNOWN_USER
+	193: "wrong password",        // WRONG_PASSWORD
+	194: "password required",     // REQUIRED_PASSWORD
+	195: "address not allowed",   // IP_ADDRESS_NOT_ALLOWED
+	516: "authentication failed", // AUTHENTICATION_FAILED: unknown user or wrong password
+}
+
+// authFailure says why the server refused the login, or "" when err is not
+// a refused login.
+func authFailure(err error) string {
+	var ex *ch.Exception
+	if errors.As(err, &ex) {
+		return authCodes[ex.Code]
+	}
+	return ""
+}
+
+// authError is a refused login: a retry cannot succeed.
+type authError struct {
+	where    string // "clickhouse host:port"
+	user     string
+	reason   string
+	err      error
+	password string
+}
+
+func (e *authError) Error() string {
+	msg := "ClickHouse refused user " + strconv.Quote(e.user) + ": " + e.reason + " (" + e.where + ": " + e.err.Error() + ")"
+	if e.password != "" {
+		msg = strings.ReplaceAll(msg, e.password, "<password>")
+	}
+	return msg
+}
+
+func (e *authError) Unwrap() error { return e.err }
+
+// IsAuthError reports whether ClickHouse refused the login: an unknown
+// user, a wrong or missing password, or an address the user may not log
+// in from.
+func IsAuthError(err error) bool {
+	var ae *authError
+	return errors.As(err, &ae) || authFailure(err) != ""
+}
+
+// clientTLS runs the TLS handshake on c, a connection to addr; an empty
+// ServerName in cfg is addr's host, as crypto/tls does when it dials.
+func clientTLS(ctx context.Context, c net.Conn, addr string, cfg *tls.Config) (net.Conn, error) {
+	if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			host = addr
+		}
+		cfg = cfg.Clone()
+		cfg.ServerName = host
+	}
+	tc := tls.Client(c, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return tc, nil
 }
 
 // schemaError says an existing table cannot take the sink's rows.
@@ -82,13 +155,14 @@ var retryableCodes = map[int32]bool{
 // errors that pass, such as too many parts (code 252), memory limits or
 // timeouts; false for errors that a retry repeats, such as a missing column,
 // a type mismatch, a table that does not match the schema, bad credentials
-// or a syntax error, and for a cancelled context.
+// (a refused login, a failed TLS handshake) or a syntax error, and for a
+// cancelled context.
 func IsRetryable(err error) bool {
 	if err == nil {
 		return false
 	}
 	var se *schemaError
-	if errors.As(err, &se) {
+	if errors.As(err, &se) || IsAuthError(err) || tlserr.Is(err) {
 		return false
 	}
 	if errors.Is(err, errClosed) || errors.Is(err, context.Canceled) {
