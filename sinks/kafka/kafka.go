@@ -13,7 +13,10 @@
 //
 // Each record also carries the source position in headers
 // (firstseen.src_partition, firstseen.src_offset, decimal), which the JSON
-// value has too; the record timestamp is the source record's.
+// value has too, with the source record's timestamp (kafka_time). The
+// record's own timestamp is when it was produced: franz-go measures a
+// record's delivery timeout from its timestamp, so an old one would expire
+// at once.
 package kafka
 
 import (
@@ -151,7 +154,7 @@ func (s *Sink) Write(ctx context.Context, b *sinks.Batch) error {
 			s.num[1] = strconv.AppendInt(s.num[1][:0], part.Offset[i], 10)
 			s.hdrs = [2]kgo.RecordHeader{{Key: HeaderPartition, Value: s.num[0]}, {Key: HeaderOffset, Value: s.num[1]}}
 			s.rec = kgo.Record{Topic: s.topic, Partition: operators.Partition(s.key, s.partitions), Key: s.key, Value: s.value,
-				Headers: s.hdrs[:], Timestamp: time.UnixMilli(part.Timestamp[i])}
+				Headers: s.hdrs[:]}
 			b.Txn.Add(&s.rec)
 		}
 	}

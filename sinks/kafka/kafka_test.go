@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -58,16 +59,21 @@ func TestConformance(t *testing.T) {
 	}
 	defer c.Close()
 	var broken atomic.Bool
-	// breakBroker makes produce requests fail until broken is cleared; the
-	// control then removes itself.
+	// breakBroker makes the broker refuse to end transactions until broken
+	// is cleared (a coordinator failing over); the control then removes
+	// itself. Failing produce requests instead would not make a write
+	// fail: an idempotent producer retries records in flight until the
+	// broker is back.
 	breakBroker := func() {
 		broken.Store(true)
-		c.ControlKey(kmsg.Produce.Int16(), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.ControlKey(kmsg.EndTxn.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
 			if !broken.Load() {
 				return nil, nil, false
 			}
 			c.KeepControl()
-			return nil, errors.New("simulated outage"), true
+			resp := req.ResponseKind().(*kmsg.EndTxnResponse)
+			resp.ErrorCode = kerr.UnknownServerError.Code
+			return resp, nil, true
 		})
 	}
 	brokers := c.ListenAddrs()
