@@ -26,8 +26,9 @@ import (
 
 const activity = "activity"
 
-// scenario is a workload, its oracle, a ClickHouse database and the flags
-// that point a processor at them.
+// scenario is a workload, its oracle, a ClickHouse database, an enriched
+// topic, and the flags that point a processor at them. The processors write
+// to both sinks (--sink clickhouse,kafka), and check checks both.
 type scenario struct {
 	recs    []workload.Record
 	want    []workload.Expected
@@ -73,6 +74,7 @@ func (s *scenario) rows(t *testing.T) int {
 func (s *scenario) args(extra ...string) []string {
 	return append([]string{"run", "--brokers", strings.Join(s.brokers, ","), "--topic", activity,
 		"--state-dir", s.state, "--clickhouse-addr", s.chAddr, "--clickhouse-database", s.db,
+		"--sink", "clickhouse,kafka", "--sink-topic", enrichedTopic,
 		"--checkpoint-interval", "200ms", "--idle-timeout", "1h", "--log-format", "json"}, extra...)
 }
 
@@ -91,9 +93,13 @@ func (s *scenario) waitRows(t *testing.T, p *proc, n int, timeout time.Duration)
 	}
 }
 
+// enrichedTopic is the Kafka sink's topic in the process tests.
+const enrichedTopic = "enriched"
+
 func (s *scenario) check(t *testing.T) {
 	t.Helper()
 	enginetest.CheckTable(t, s.conn, s.table(), s.want)
+	enginetest.CheckLines(t, "topic "+enrichedTopic, enginetest.ReadTopicLines(t, s.brokers, enrichedTopic), s.want)
 	enginetest.CheckDeadLetters(t, s.brokers, activity, s.want, false)
 }
 
@@ -138,7 +144,8 @@ func testSeed(t *testing.T, env string) uint64 {
 // TestKilledAtRandomMomentsNothingLostOrDuplicated is the crash test: the
 // real binary, a separate broker process and the real ClickHouse. The
 // processor is killed with SIGKILL at random moments while the stream is
-// produced, twelve times, and restarted each time. The table must then
+// produced, twelve times, and restarted each time. The table, and the
+// enriched topic of the Kafka sink read with read_committed, must then
 // equal the oracle exactly.
 func TestKilledAtRandomMomentsNothingLostOrDuplicated(t *testing.T) {
 	seed := testSeed(t, "FIRSTSEEN_CRASH_SEED")

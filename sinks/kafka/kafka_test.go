@@ -10,12 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
+	"github.com/firstseen/firstseen/engine/enginetest"
 	"github.com/firstseen/firstseen/operators"
 	"github.com/firstseen/firstseen/sinks"
 	"github.com/firstseen/firstseen/sinks/kafka"
@@ -137,53 +137,22 @@ func TestConformance(t *testing.T) {
 // its headers.
 func readTopic(t *testing.T, brokers []string, topic string) []sinks.Line {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	adm, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer adm.Close()
-	ends, err := kadm.NewClient(adm).ListEndOffsets(ctx, topic)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := map[int32]int64{}
-	ends.Each(func(o kadm.ListedOffset) {
-		if o.Offset > 0 {
-			want[o.Partition] = o.Offset
-		}
-	})
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
 	var out []sinks.Line
-	for len(want) > 0 {
-		fs := cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			t.Fatalf("reading %s: %v (still waiting for %v)", topic, ctx.Err(), want)
+	for _, r := range enginetest.ReadTopic(t, brokers, topic) {
+		l, err := sinks.ParseJSON(r.Value)
+		if err != nil {
+			t.Fatalf("%s/%d@%d: %v", topic, r.Partition, r.Offset, err)
 		}
-		fs.EachRecord(func(r *kgo.Record) {
-			l, err := sinks.ParseJSON(r.Value)
-			if err != nil {
-				t.Fatalf("%s/%d@%d: %v", topic, r.Partition, r.Offset, err)
-			}
-			if string(r.Key) != l.UUID || r.Partition != operators.Partition(r.Key, 4) {
-				t.Errorf("record of %s keyed %q on partition %d", l.UUID, r.Key, r.Partition)
-			}
-			if h := header(r, kafka.HeaderPartition); h != strconv.Itoa(int(l.Partition)) {
-				t.Errorf("%s header %q, row's partition %d", kafka.HeaderPartition, h, l.Partition)
-			}
-			out = append(out, l)
-		})
-		fs.EachPartition(func(p kgo.FetchTopicPartition) {
-			if p.HighWatermark >= want[p.Partition] && p.LastStableOffset >= want[p.Partition] {
-				delete(want, p.Partition)
-			}
-		})
+		if string(r.Key) != l.UUID || r.Partition != operators.Partition(r.Key, 4) {
+			t.Errorf("record of %s keyed %q on partition %d", l.UUID, r.Key, r.Partition)
+		}
+		if h := header(r, kafka.HeaderPartition); h != strconv.Itoa(int(l.Partition)) {
+			t.Errorf("%s header %q, row's partition %d", kafka.HeaderPartition, h, l.Partition)
+		}
+		if h := header(r, kafka.HeaderOffset); h != strconv.FormatInt(l.Offset, 10) {
+			t.Errorf("%s header %q, row's offset %d", kafka.HeaderOffset, h, l.Offset)
+		}
+		out = append(out, l)
 	}
 	return out
 }
