@@ -239,6 +239,10 @@ func (o *runOptions) run(cmd *cobra.Command, op operators.Config) error {
 	closeSinks, err := o.openSinks(ctx, &cfg, log)
 	defer closeSinks()
 	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("stopped while opening the sinks: nothing to save")
+			return nil
+		}
 		return err
 	}
 	obs := newMetricsObserver(o.sinkKinds()...)
