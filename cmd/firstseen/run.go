@@ -24,6 +24,7 @@ type runOptions struct {
 	f                pipelineFlags
 	sinkKind         string
 	sinkPath         string
+	sinkFormat       string
 	untilCaughtUp    bool
 	snapshotInterval time.Duration
 }
@@ -37,7 +38,8 @@ func newRunCmd() *cobra.Command {
 		Use:   "run --topic TOPIC [flags]",
 		Short: "Process a Kafka topic of activity logs into ClickHouse",
 		Long: `run consumes --topic, decides is_new and late for every record, and writes the
-enriched rows to ClickHouse (or, with --sink file, to a JSON Lines file).
+enriched rows to ClickHouse (or, with --sink file, to files under a directory,
+partitioned by event_date).
 
 Rows are written at each checkpoint (every --checkpoint-interval). A record
 whose user might still turn out to have been active on an earlier day waits
@@ -98,8 +100,9 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.untilCaughtUp, "until-caught-up", false, "process what the topic holds at start, take a final checkpoint and exit 0 (for scheduled jobs)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long the final checkpoint may take")
 	fs.DurationVar(&o.snapshotInterval, "snapshot-interval", time.Minute, "how often a snapshot of the state is published for 'firstseen state' to read while this runs (0: never)")
-	fs.StringVar(&o.sinkKind, "sink", "clickhouse", "where rows go: clickhouse, or file (JSON Lines at --sink-path)")
-	fs.StringVar(&o.sinkPath, "sink-path", "", "with --sink file: the JSON Lines file rows are appended to")
+	fs.StringVar(&o.sinkKind, "sink", "clickhouse", "where rows go: clickhouse, or file (files under --sink-path)")
+	fs.StringVar(&o.sinkPath, "sink-path", "", "with --sink file: the directory of the files, DIR/event_date=YYYY-MM-DD/part-*.jsonl|parquet (exactly once)")
+	fs.StringVar(&o.sinkFormat, "sink-format", "jsonl", "with --sink file: the file format, jsonl or parquet")
 	f.addMemory(fs)
 	f.addLogging(fs)
 	f.addSummary(fs)
@@ -153,10 +156,14 @@ func (o *runOptions) sinkProblems() []string {
 		}
 		return append(problems, o.f.sec.checkClickHouse()...)
 	case "file":
+		var problems []string
 		if o.sinkPath == "" {
-			return []string{"--sink file needs --sink-path, the JSON Lines file to append to"}
+			problems = append(problems, "--sink file needs --sink-path, the directory to write files to")
 		}
-		return nil
+		if _, err := filesink.ParseFormat(o.sinkFormat); err != nil || o.sinkFormat == "" {
+			problems = append(problems, fmt.Sprintf("--sink-format %q: want jsonl or parquet", o.sinkFormat))
+		}
+		return problems
 	}
 	return []string{fmt.Sprintf("--sink %q: want clickhouse or file", o.sinkKind)}
 }
@@ -204,7 +211,11 @@ func (o *runOptions) run(cmd *cobra.Command, op operators.Config) error {
 		defer s.Close()
 		cfg.Sink, cfg.IsRetryable = s, clickhouse.IsRetryable
 	case "file":
-		s, err := filesink.Open(o.sinkPath)
+		format, err := filesink.ParseFormat(o.sinkFormat)
+		if err != nil {
+			return err
+		}
+		s, err := filesink.Open(o.sinkPath, format)
 		if err != nil {
 			return err
 		}
