@@ -28,6 +28,7 @@ type runOptions struct {
 	sinkPath         string
 	sinkTopic        string
 	sinkPartitions   int
+	sinkFormat       string
 	untilCaughtUp    bool
 	snapshotInterval time.Duration
 }
@@ -41,7 +42,8 @@ func newRunCmd() *cobra.Command {
 		Use:   "run --topic TOPIC [flags]",
 		Short: "Process a Kafka topic of activity logs into ClickHouse",
 		Long: `run consumes --topic, decides is_new and late for every record, and writes the
-enriched rows to ClickHouse (or, with --sink file, to a JSON Lines file).
+enriched rows to ClickHouse (or, with --sink file, to files under a directory,
+partitioned by event_date).
 
 Rows are written at each checkpoint (every --checkpoint-interval). A record
 whose user might still turn out to have been active on an earlier day waits
@@ -103,7 +105,8 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long the final checkpoint may take")
 	fs.DurationVar(&o.snapshotInterval, "snapshot-interval", time.Minute, "how often a snapshot of the state is published for 'firstseen state' to read while this runs (0: never)")
 	fs.StringVar(&o.sinkKind, "sink", "clickhouse", "where rows go, exactly once each: clickhouse, kafka (JSON to --sink-topic), file (at --sink-path), or several, comma-separated (clickhouse,kafka)")
-	fs.StringVar(&o.sinkPath, "sink-path", "", "with --sink file: the JSON Lines file rows are appended to")
+	fs.StringVar(&o.sinkPath, "sink-path", "", "with --sink file: the directory of the files, DIR/event_date=YYYY-MM-DD/part-*.jsonl|parquet (exactly once)")
+	fs.StringVar(&o.sinkFormat, "sink-format", "jsonl", "with --sink file: the file format, jsonl or parquet")
 	fs.StringVar(&o.sinkTopic, "sink-topic", "", "with --sink kafka: the topic enriched rows are written to as JSON, keyed by uuid, in the checkpoints' transactions (read it with isolation.level=read_committed); created if missing")
 	fs.IntVar(&o.sinkPartitions, "sink-partitions", 6, "with --sink kafka: the partitions of --sink-topic when it is created")
 	f.addMemory(fs)
@@ -194,10 +197,14 @@ func (o *runOptions) sinkProblemsOf(kind string) []string {
 		}
 		return append(problems, o.f.sec.checkClickHouse()...)
 	case "file":
+		var problems []string
 		if o.sinkPath == "" {
-			return []string{"--sink file needs --sink-path, the JSON Lines file to append to"}
+			problems = append(problems, "--sink file needs --sink-path, the directory to write files to")
 		}
-		return nil
+		if _, err := filesink.ParseFormat(o.sinkFormat); err != nil || o.sinkFormat == "" {
+			problems = append(problems, fmt.Sprintf("--sink-format %q: want jsonl or parquet", o.sinkFormat))
+		}
+		return problems
 	}
 	return []string{fmt.Sprintf("--sink %q: want clickhouse, kafka or file", kind)}
 }
@@ -288,7 +295,11 @@ func (o *runOptions) openSinks(ctx context.Context, cfg *engine.Config, log *slo
 			log.Info("kafka sink ready", "topic", s.Topic())
 			sc.Sink = s
 		case "file":
-			s, err := filesink.Open(o.sinkPath)
+			format, err := filesink.ParseFormat(o.sinkFormat)
+			if err != nil {
+				return closeAll, err
+			}
+			s, err := filesink.Open(o.sinkPath, format)
 			if err != nil {
 				return closeAll, err
 			}
