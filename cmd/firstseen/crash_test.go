@@ -22,6 +22,7 @@ import (
 	"github.com/firstseen/firstseen/engine/workload"
 	"github.com/firstseen/firstseen/operators"
 	"github.com/firstseen/firstseen/sinks/clickhouse/chtest"
+	"github.com/firstseen/firstseen/sinks/filesink"
 )
 
 const activity = "activity"
@@ -144,9 +145,10 @@ func testSeed(t *testing.T, env string) uint64 {
 // TestKilledAtRandomMomentsNothingLostOrDuplicated is the crash test: the
 // real binary, a separate broker process and the real ClickHouse. The
 // processor is killed with SIGKILL at random moments while the stream is
-// produced, twelve times, and restarted each time. The table, and the
-// enriched topic of the Kafka sink read with read_committed, must then
-// equal the oracle exactly.
+// produced, twelve times, and restarted each time. It writes to all three
+// sinks: the table, the enriched topic of the Kafka sink read with
+// read_committed, and the file sink's directory must then each equal the
+// oracle exactly.
 func TestKilledAtRandomMomentsNothingLostOrDuplicated(t *testing.T) {
 	seed := testSeed(t, "FIRSTSEEN_CRASH_SEED")
 	t.Logf("seed %d (replay with FIRSTSEEN_CRASH_SEED=%d)", seed, seed)
@@ -158,10 +160,13 @@ func TestKilledAtRandomMomentsNothingLostOrDuplicated(t *testing.T) {
 	s := newScenario(t, brokers, workload.Config{Users: 15000, Days: 3, Partitions: 4, Seed: int64(seed % 1000),
 		LateShare: 0.01, MalformedShare: 0.01})
 
+	// All three sinks at once, each checked exactly once at the end.
+	files := t.TempDir()
+	allSinks := []string{"--sink", "clickhouse,kafka,file", "--sink-path", files}
 	produced := make(chan struct{})
 	go func() { defer close(produced); produceSlowly(t, brokers, s.recs, 60, 200*time.Millisecond) }()
 	for i := 1; i <= 12; i++ {
-		p := start(t, fmt.Sprintf("run #%d", i), nil, s.args()...)
+		p := start(t, fmt.Sprintf("run #%d", i), nil, s.args(allSinks...)...)
 		alive := time.Duration(300+rng.IntN(1200)) * time.Millisecond
 		time.Sleep(alive)
 		if p.exited() {
@@ -171,11 +176,16 @@ func TestKilledAtRandomMomentsNothingLostOrDuplicated(t *testing.T) {
 		t.Logf("SIGKILL #%d after %s: %d rows in the table", i, alive, s.rows(t))
 	}
 	<-produced
-	final := start(t, "final run", nil, s.args("--idle-timeout", "1s")...)
+	final := start(t, "final run", nil, s.args(append(allSinks, "--idle-timeout", "1s")...)...)
 	final.waitOutput(t, `"msg":"starting"`, 30*time.Second)
 	s.waitRows(t, final, s.valid, 2*time.Minute)
 	stopGracefully(t, final, 30*time.Second)
 	s.check(t)
+	lines, err := filesink.ReadDir(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enginetest.CheckLines(t, "files", lines, s.want)
 }
 
 // TestSigtermTakesFinalCheckpoint: SIGTERM makes the processor write what

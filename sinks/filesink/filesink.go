@@ -33,15 +33,17 @@
 //
 // # Exactly once
 //
-// The engine replays a batch with the same rows for the same offsets, and a
-// file of (date, partition) holds every row of that partition and date
-// whose offset lies in its [first, last] range within its batch (a batch
-// covers a contiguous run of each partition's offsets). So a row is stored
-// exactly when its offset lies within the range of an existing file of its
-// date and partition: Write lists the date directories the batch touches
-// and skips those rows. The listings are cached per Sink; a replay (Retry)
-// and any write after a failed one list the directories afresh, since
-// another process or the failed attempt may have added files.
+// Every row (a source partition and offset) is emitted by exactly one
+// checkpoint epoch, and the engine replays an unfinished epoch with the same
+// rows. A normal Write therefore has nothing to check: its rows are not
+// stored yet. A replay (Batch.Retry) and any Write after a failed one (which
+// may have renamed some of its files before failing) read back the files of
+// the dates and partitions the batch touches and skip the rows already in
+// them. The check reads rows, not offset ranges from the names: a file's
+// range may enclose offsets of rows that another epoch writes (a record held
+// for the watermark is emitted later than the records after it). Names
+// never collide: two files with the same partition and first offset would
+// both hold that row.
 //
 // # Formats
 //
@@ -143,7 +145,9 @@ type Sink struct {
 
 	mu     sync.Mutex
 	closed bool
-	listed map[int32][]span // date -> files, for dates listed since the last failure
+	// unsure: the last Write failed and may have stored some of its
+	// files, so the next one checks what is stored.
+	unsure bool
 	groups map[[2]int32]*group
 	order  []*group
 	buf    []byte
@@ -163,7 +167,7 @@ func Open(dir string, f Format) (*Sink, error) {
 	if err := removeTemps(dir); err != nil {
 		return nil, fmt.Errorf("filesink %s: %w", dir, err)
 	}
-	return &Sink{dir: dir, format: f, listed: map[int32][]span{}, groups: map[[2]int32]*group{}}, nil
+	return &Sink{dir: dir, format: f, groups: map[[2]int32]*group{}}, nil
 }
 
 // removeTemps removes the temporary files under the date directories of
@@ -240,32 +244,44 @@ func parseName(name string) (sp span, ok bool) {
 	return span{int32(p), first, last}, true
 }
 
-// spans lists the data files of date, from the cache unless fresh.
-func (s *Sink) spans(date int32, fresh bool) ([]span, error) {
-	if sp, ok := s.listed[date]; ok && !fresh {
-		return sp, nil
-	}
-	ents, err := os.ReadDir(filepath.Join(s.dir, dateDir(date)))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	var out []span
-	for _, e := range ents {
-		if sp, ok := parseName(e.Name()); ok {
-			out = append(out, sp)
+// storedRows reads back the rows already stored for the dates and
+// partitions that b has rows of, keyed by partition and offset.
+func (s *Sink) storedRows(b *sinks.Batch) (map[[2]int64]bool, error) {
+	want := map[int32]map[int32]bool{} // date -> partitions
+	for _, part := range b.Parts() {
+		for i := range part.Len() {
+			d := part.EventDate[i]
+			if want[d] == nil {
+				want[d] = map[int32]bool{}
+			}
+			want[d][part.Partition[i]] = true
 		}
 	}
-	s.listed[date] = out
-	return out, nil
-}
-
-func stored(spans []span, p int32, off int64) bool {
-	for _, sp := range spans {
-		if sp.partition == p && sp.first <= off && off <= sp.last {
-			return true
+	stored := map[[2]int64]bool{}
+	for date, parts := range want {
+		dir := filepath.Join(s.dir, dateDir(date))
+		ents, err := os.ReadDir(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range ents {
+			sp, ok := parseName(e.Name())
+			if !ok || !parts[sp.partition] {
+				continue
+			}
+			lines, err := readFile(filepath.Join(dir, e.Name()))
+			if err != nil {
+				return nil, err
+			}
+			for _, l := range lines {
+				stored[[2]int64{int64(l.Partition), l.Offset}] = true
+			}
 		}
 	}
-	return false
+	return stored, nil
 }
 
 // Write stores the rows of b that are not stored yet, one file per event
@@ -290,8 +306,8 @@ func (s *Sink) Write(ctx context.Context, b *sinks.Batch) error {
 	if cap(s.buf) > 4*flushAt {
 		s.buf = nil
 	}
+	s.unsure = err != nil
 	if err != nil {
-		clear(s.listed) // the failed attempt may have left files: list again
 		return fmt.Errorf("filesink %s: write of %d row(s): %w", s.dir, b.Len(), err)
 	}
 	return nil
@@ -299,18 +315,18 @@ func (s *Sink) Write(ctx context.Context, b *sinks.Batch) error {
 
 func (s *Sink) write(ctx context.Context, b *sinks.Batch) error {
 	// Group the rows by (date, partition), in batch order, skipping the
-	// stored ones.
-	fresh := map[int32]bool{}
+	// stored ones when some may be.
+	var stored map[[2]int64]bool
+	if b.Retry || s.unsure {
+		var err error
+		if stored, err = s.storedRows(b); err != nil {
+			return err
+		}
+	}
 	for _, part := range b.Parts() {
 		for i := range part.Len() {
 			date, p := part.EventDate[i], part.Partition[i]
-			if _, ok := fresh[date]; !ok {
-				fresh[date] = true
-				if _, err := s.spans(date, b.Retry); err != nil {
-					return err
-				}
-			}
-			if stored(s.listed[date], p, part.Offset[i]) {
+			if stored[[2]int64{int64(p), part.Offset[i]}] {
 				continue
 			}
 			g := s.groups[[2]int32{date, p}]
@@ -344,11 +360,9 @@ func (s *Sink) write(ctx context.Context, b *sinks.Batch) error {
 				newDirs = true
 			}
 		}
-		sp, err := s.writeFile(dir, g)
-		if err != nil {
+		if _, err := s.writeFile(dir, g); err != nil {
 			return err
 		}
-		s.listed[g.date] = append(s.listed[g.date], sp)
 	}
 	for date := range dirs {
 		if err := syncDir(filepath.Join(s.dir, dateDir(date))); err != nil {
@@ -436,7 +450,7 @@ func (s *Sink) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.closed = true
-	s.buf, s.pq, s.listed = nil, nil, nil
+	s.buf, s.pq = nil, nil
 	return nil
 }
 
@@ -466,16 +480,10 @@ func ReadDir(dir string) ([]Line, error) {
 			if f.IsDir() || hidden(f.Name()) {
 				continue
 			}
-			path := filepath.Join(sub, f.Name())
-			var lines []Line
-			switch filepath.Ext(f.Name()) {
-			case ".jsonl":
-				lines, err = readJSONL(path)
-			case ".parquet":
-				lines, err = readParquet(path)
-			default:
+			if ext := filepath.Ext(f.Name()); ext != ".jsonl" && ext != ".parquet" {
 				continue
 			}
+			lines, err := readFile(filepath.Join(sub, f.Name()))
 			if err != nil {
 				return nil, err
 			}
@@ -483,6 +491,14 @@ func ReadDir(dir string) ([]Line, error) {
 		}
 	}
 	return out, nil
+}
+
+// readFile reads one data file, by its extension.
+func readFile(path string) ([]Line, error) {
+	if filepath.Ext(path) == ".parquet" {
+		return readParquet(path)
+	}
+	return readJSONL(path)
 }
 
 func hidden(name string) bool { return strings.HasPrefix(name, ".") || strings.HasPrefix(name, "_") }
