@@ -3,13 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -282,66 +279,6 @@ func TestBrokerRestart(t *testing.T) {
 	s.check(t)
 }
 
-// proxy is a TCP proxy that can cut every connection and refuse new ones,
-// standing in for a ClickHouse outage.
-type proxy struct {
-	t      *testing.T
-	addr   string
-	target string
-	mu     sync.Mutex
-	l      net.Listener
-	conns  []net.Conn
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	p := &proxy{t: t, target: target, addr: "127.0.0.1:" + strconv.Itoa(freePort(t))}
-	p.up()
-	t.Cleanup(p.down)
-	return p
-}
-
-func (p *proxy) up() {
-	l, err := net.Listen("tcp", p.addr)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	p.mu.Lock()
-	p.l = l
-	p.mu.Unlock()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", p.target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			go func() { io.Copy(s, c); s.Close() }()
-			go func() { io.Copy(c, s); c.Close() }()
-		}
-	}()
-}
-
-// down closes the listener and every proxied connection.
-func (p *proxy) down() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.l != nil {
-		p.l.Close()
-		p.l = nil
-	}
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
 // TestClickHouseOutage cuts ClickHouse away mid-stream for a few seconds:
 // the processor says what is wrong, retries, resumes by itself when
 // ClickHouse is back, and the table is exact.
@@ -349,16 +286,16 @@ func TestClickHouseOutage(t *testing.T) {
 	broker := enginetest.StartBroker(t, activity, 3)
 	s := newScenario(t, broker.ListenAddrs(), workload.Config{Users: 6000, Days: 2, Partitions: 3, Seed: 6,
 		LateShare: 0.01, MalformedShare: 0.01})
-	px := newProxy(t, s.chAddr)
+	px := chtest.NewProxy(t, s.chAddr)
 	direct := s.chAddr
-	s.chAddr = px.addr
+	s.chAddr = px.Addr()
 	third := len(s.recs) / 3
 	enginetest.Produce(t, s.brokers, activity, s.recs[:third])
 	p := start(t, "run", nil, s.args()...)
 	s.chAddr = direct
 	s.waitRows(t, p, 1, time.Minute)
 
-	px.down()
+	px.Down()
 	t.Log("ClickHouse cut off")
 	enginetest.Produce(t, s.brokers, activity, s.recs[third:])
 	p.waitOutput(t, "sink write failed; retrying", 30*time.Second)
@@ -366,7 +303,7 @@ func TestClickHouseOutage(t *testing.T) {
 	if p.exited() {
 		t.Fatalf("the processor gave up during the outage: %v", p.err)
 	}
-	px.up()
+	px.Up()
 	t.Log("ClickHouse back")
 	s.waitRows(t, p, s.valid, 2*time.Minute)
 	stopGracefully(t, p, 30*time.Second)

@@ -49,6 +49,9 @@ type Harness struct {
 	// Break makes the destination fail until heal is called; Write must
 	// return an error meanwhile (within WriteTimeout).
 	Break func(t *testing.T, s sinks.Sink) (heal func())
+	// TimePrecision is what the destination keeps of times (ClickHouse
+	// 18's DateTime: seconds); zero means milliseconds.
+	TimePrecision time.Duration
 }
 
 // WriteTimeout bounds a Write while the destination is broken.
@@ -150,7 +153,7 @@ func check(t *testing.T, h Harness, batches ...*sinks.Batch) {
 			problems = append(problems, fmt.Sprintf("row of partition %d offset %d was never written", k.p, k.o))
 		case seen[k] == 2:
 			problems = append(problems, fmt.Sprintf("row of partition %d offset %d is there twice or more", k.p, k.o))
-		case !sameLine(g, w):
+		case !sameLine(g, w, h.TimePrecision):
 			problems = append(problems, fmt.Sprintf("row of partition %d offset %d differs:\n got  %+v\n want %+v", k.p, k.o, g, w))
 		}
 	}
@@ -166,8 +169,9 @@ func check(t *testing.T, h Harness, batches ...*sinks.Batch) {
 	}
 }
 
-func sameLine(a, b sinks.Line) bool {
-	return a.UUID == b.UUID && a.EventTime.Equal(b.EventTime) && a.FirstSeen.Equal(b.FirstSeen) && a.KafkaTime.Equal(b.KafkaTime) &&
+func sameLine(a, b sinks.Line, precision time.Duration) bool {
+	same := func(x, y time.Time) bool { return x.Truncate(precision).Equal(y.Truncate(precision)) }
+	return a.UUID == b.UUID && same(a.EventTime, b.EventTime) && same(a.FirstSeen, b.FirstSeen) && same(a.KafkaTime, b.KafkaTime) &&
 		a.EventDate == b.EventDate && a.IsNew == b.IsNew && a.Late == b.Late && string(a.Payload) == string(b.Payload)
 }
 
