@@ -129,6 +129,19 @@ func (c *changelogProducer) add(partition int32, key, value []byte) {
 	c.recs = append(c.recs, kgo.Record{Topic: c.topic, Partition: partition, Key: c.copy(key), Value: c.copy(value)})
 }
 
+// Add queues a record of a transactional sink (sinks.Txn) for the next
+// write, copying its key, value and headers.
+func (c *changelogProducer) Add(r *kgo.Record) {
+	rec := kgo.Record{Topic: r.Topic, Partition: r.Partition, Key: c.copy(r.Key), Value: c.copy(r.Value), Timestamp: r.Timestamp}
+	if len(r.Headers) > 0 {
+		rec.Headers = make([]kgo.RecordHeader, len(r.Headers))
+		for i, h := range r.Headers {
+			rec.Headers[i] = kgo.RecordHeader{Key: h.Key, Value: c.copy(h.Value)}
+		}
+	}
+	c.recs = append(c.recs, rec)
+}
+
 // bytes is the size of the queued records' keys and values.
 func (c *changelogProducer) bytes() int {
 	n := 0
@@ -170,7 +183,7 @@ func (c *changelogProducer) write(ctx context.Context, owner string, offsets map
 			if err != nil && firstErr == nil {
 				firstErr = err
 			}
-			if err == nil && r.Offset+1 > next[r.Partition] {
+			if err == nil && r.Topic == c.topic && r.Offset+1 > next[r.Partition] {
 				next[r.Partition] = r.Offset + 1
 			}
 			if pending--; pending == 0 {

@@ -12,6 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/firstseen/firstseen/sinks"
 	"github.com/firstseen/firstseen/state"
 )
 
@@ -132,15 +133,22 @@ func (p *pipeline) takeCheckpoint(ctx context.Context) error {
 	if err := p.crashPoint("before sink write", output); err != nil {
 		return fail(err)
 	}
-	attempt := 0
-	if err := p.retry(ctx, "sink write", func() error {
-		attempt++
-		t0 := time.Now()
-		err := p.cfg.Sink.Write(ctx, &p.out)
-		p.observer.SinkWrite(p.out.Len(), time.Since(t0), attempt, err)
-		return err
-	}, p.cfg.IsRetryable); err != nil {
-		return fail(err)
+	attempts := 0
+	for _, sk := range p.cfg.Sinks {
+		if _, ok := sk.Sink.(sinks.Transactional); ok {
+			continue // written into the state transaction below
+		}
+		attempt := 0
+		if err := p.retry(ctx, sk.Name+" sink write", func() error {
+			attempt++
+			t0 := time.Now()
+			err := sk.Sink.Write(ctx, &p.out)
+			p.observer.SinkWrite(sk.Name, p.out.Len(), time.Since(t0), attempt, err)
+			return err
+		}, sk.IsRetryable); err != nil {
+			return fail(err)
+		}
+		attempts += attempt
 	}
 	if err := p.crashPoint("after sink write", output); err != nil {
 		return fail(err)
@@ -178,6 +186,24 @@ func (p *pipeline) takeCheckpoint(ctx context.Context) error {
 		s.batch.EachChangelogRecord(epoch, p.writer, func(key, value []byte) {
 			p.clog.add(s.partition, key, value)
 		})
+	}
+	// Transactional sinks queue their rows in the same transaction: they
+	// become visible exactly when this checkpoint is committed.
+	if p.out.Len() > 0 {
+		for _, sk := range p.cfg.Sinks {
+			if _, ok := sk.Sink.(sinks.Transactional); !ok {
+				continue
+			}
+			t0 := time.Now()
+			p.out.Txn = p.clog
+			err := sk.Sink.Write(ctx, &p.out)
+			p.out.Txn = nil
+			p.observer.SinkWrite(sk.Name, p.out.Len(), time.Since(t0), 1, err)
+			if err != nil {
+				return fail(fmt.Errorf("%s sink: %w", sk.Name, err))
+			}
+			attempts++
+		}
 	}
 	changelogBytes := p.clog.bytes()
 	written, err := p.clog.write(ctx, p.member, offsets)
@@ -224,7 +250,7 @@ func (p *pipeline) takeCheckpoint(ctx context.Context) error {
 	took := time.Since(began)
 	p.observer.CheckpointTaken(took, p.out.Len(), changelogBytes)
 	p.log.Debug("checkpoint", "epoch", epoch, "partitions", len(snaps), "rows", p.out.Len(), "dead_letters", len(dead),
-		"held", held, "changelog_users", users, "changelog_bytes", changelogBytes, "sink_attempts", attempt,
+		"held", held, "changelog_users", users, "changelog_bytes", changelogBytes, "sink_attempts", attempts,
 		"took", took)
 	if p.cfg.SnapshotInterval > 0 && time.Since(p.snapshotAt) >= p.cfg.SnapshotInterval {
 		p.snapshotAt = time.Now()

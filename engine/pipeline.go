@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,9 +69,15 @@ type Config struct {
 	// 1m; negative: never).
 	SnapshotInterval time.Duration
 
-	Sink sinks.Sink
-	// IsRetryable tells a transient sink error from a permanent one. Nil
-	// treats every error as transient.
+	// Sinks are where the rows go, each exactly once: the plain sinks are
+	// written in order at every checkpoint (each retried until it
+	// succeeds or fails for good), then the transactional ones
+	// (sinks.Transactional) queue their rows in the checkpoint's changelog
+	// transaction.
+	Sinks []SinkConfig
+	// Sink and IsRetryable are a shorthand for a single plain sink named
+	// "default" (appended to Sinks).
+	Sink        sinks.Sink
 	IsRetryable func(error) bool
 
 	Logger       *slog.Logger
@@ -112,8 +119,14 @@ func (c *Config) setDefaults() {
 	if c.SnapshotInterval == 0 {
 		c.SnapshotInterval = time.Minute
 	}
-	if c.IsRetryable == nil {
-		c.IsRetryable = func(error) bool { return true }
+	if c.Sink != nil {
+		c.Sinks = append(slices.Clip(c.Sinks), SinkConfig{Name: "default", Sink: c.Sink, IsRetryable: c.IsRetryable})
+		c.Sink, c.IsRetryable = nil, nil
+	}
+	for i := range c.Sinks {
+		if c.Sinks[i].IsRetryable == nil {
+			c.Sinks[i].IsRetryable = func(error) bool { return true }
+		}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -121,6 +134,16 @@ func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+}
+
+// SinkConfig is one destination of the rows.
+type SinkConfig struct {
+	// Name names the sink in metrics and logs ("clickhouse", "kafka").
+	Name string
+	Sink sinks.Sink
+	// IsRetryable tells a transient error of the sink from a permanent
+	// one. Nil treats every error as transient.
+	IsRetryable func(error) bool
 }
 
 // DefaultBufferBytes is the default of Config.BufferBytes. 32 MiB are
@@ -211,7 +234,7 @@ type pipeline struct {
 func Run(ctx context.Context, cfg Config) (Stats, error) {
 	cfg.setDefaults()
 	start := time.Now()
-	if cfg.Sink == nil {
+	if len(cfg.Sinks) == 0 {
 		return Stats{}, errors.New("engine: no sink configured")
 	}
 	if cfg.State.Logger == nil {

@@ -105,13 +105,14 @@ type Observer interface {
 	// written rows to the sink and changelogBytes of state changes (keys
 	// and values) to the changelog.
 	CheckpointTaken(took time.Duration, rows, changelogBytes int)
-	// SinkWrite reports one attempt of a sink write of rows (attempt 1 is
-	// the first; later ones are retries); err is nil when it succeeded.
-	SinkWrite(rows int, took time.Duration, attempt int, err error)
+	// SinkWrite reports one attempt of the named sink's write of rows
+	// (attempt 1 is the first; later ones are retries); err is nil when it
+	// succeeded.
+	SinkWrite(sink string, rows int, took time.Duration, attempt int, err error)
 }
 
 // nopObserver is the Observer of a run without one.
 type nopObserver struct{}
 
-func (nopObserver) CheckpointTaken(time.Duration, int, int)  {}
-func (nopObserver) SinkWrite(int, time.Duration, int, error) {}
+func (nopObserver) CheckpointTaken(time.Duration, int, int)          {}
+func (nopObserver) SinkWrite(string, int, time.Duration, int, error) {}

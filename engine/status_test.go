@@ -48,7 +48,7 @@ func (e *events) CheckpointTaken(_ time.Duration, rows, _ int) {
 	e.rows += rows
 }
 
-func (e *events) SinkWrite(_ int, _ time.Duration, attempt int, err error) {
+func (e *events) SinkWrite(_ string, _ int, _ time.Duration, attempt int, err error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.attempts++

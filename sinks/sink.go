@@ -1,28 +1,57 @@
-// Package sinks writes enriched rows to their destinations.
+// Package sinks writes enriched rows to their destinations, exactly once.
 //
-// The engine hands a sink one [Batch] per checkpoint epoch and takes the
-// checkpoint only after [Sink.Write] has returned nil, so a row is never
-// counted as done before its destination acknowledged it. A Write that
-// fails is retried with the same batch.
+// # The contract
 //
-// Destinations live in sub-packages: sinks/clickhouse (the production
-// destination) and sinks/filesink (JSON Lines files, used by the demo when
-// no ClickHouse is reachable).
+// The engine hands each sink one [Batch] per checkpoint epoch, after it has
+// recorded the epoch's intent (which input it covers) and before it commits
+// the checkpoint (offsets, watermarks, state). A crash anywhere in between
+// makes the next owner of a partition replay the epoch from the last
+// checkpoint and hand the sinks the same rows again. A sink therefore
+// promises three things:
 //
-// To add a sink: implement [Sink] in a new sub-package, make Write durable
-// before it returns, make a retried Write of the same batch safe, read the
-// batch with Len and Row or part by part (a batch may be a join of the
-// partitions' batches), and wire a constructor into cmd/firstseen.
+//  1. Durable before acknowledged: Write returns nil only when every row of
+//     the batch is stored (or, for a [Transactional] sink, queued in the
+//     checkpoint's transaction, which the engine commits with the
+//     checkpoint).
+//  2. Idempotent by (Partition, Offset): a replayed batch carries Retry, and
+//     the same rows for the same offsets as the attempt that may have
+//     crashed (Unsure names that attempt, maybe another process's). The sink
+//     stores only the rows that are not stored yet. A Write that returned an
+//     error may be called again with the same batch, without Retry: the sink
+//     must not store a row twice then either (undo what failed, or
+//     remember that the attempt is unsure).
+//  3. Ordered shutdown: Close releases the sink; Close twice is safe; a
+//     Write after Close fails. Closing never commits or discards rows that
+//     Write acknowledged.
+//
+// A [Transactional] sink (the Kafka sink) does not store rows itself: it
+// queues them in Batch.Txn, the Kafka transaction that also carries the
+// checkpoint's state changes, so its rows become visible to read_committed
+// consumers exactly when the checkpoint commits, and never otherwise.
+//
+// # Adding a sink
+//
+// Implement [Sink] in a sub-package; read a batch part by part ([Batch.Parts]
+// and the columns of each part, or [Batch.Row]), since a batch joins the
+// partitions' buffers; satisfy the contract above; pass the conformance
+// suite, sinks/sinktest, with a harness that reads the destination back (see
+// the existing sinks' conformance tests); and add its flags to
+// cmd/firstseen's --sink. Destinations: sinks/clickhouse (the production
+// table), sinks/kafka (an enriched topic), sinks/filesink (files for a data
+// lake).
 package sinks
 
 import (
 	"context"
 	"fmt"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/firstseen/firstseen/operators"
 )
 
-// Sink is a destination for enriched rows.
+// Sink is a destination for enriched rows; see the package documentation
+// for the exactly-once contract.
 type Sink interface {
 	// Write stores every row of b durably. It returns nil only when the
 	// destination has acknowledged all of them. It may be called again with
@@ -30,6 +59,22 @@ type Sink interface {
 	Write(ctx context.Context, b *Batch) error
 	// Close releases the sink's resources. It is safe to call twice.
 	Close() error
+}
+
+// Transactional is a sink whose Write queues the rows in Batch.Txn instead
+// of storing them: they are committed, atomically, with the checkpoint.
+type Transactional interface {
+	Sink
+	// Transactional marks the sink; it does nothing.
+	Transactional()
+}
+
+// Txn is the checkpoint's Kafka transaction, as a transactional sink sees
+// it.
+type Txn interface {
+	// Add queues r in the transaction. Its Topic and Partition must be set;
+	// Key, Value and Headers are copied, so r may be reused at once.
+	Add(r *kgo.Record)
 }
 
 // Batch is a column-oriented buffer of rows. Appending reuses the buffer's
@@ -57,6 +102,9 @@ type Batch struct {
 	// a partition it owned): a sink whose writes may still be in flight
 	// after their writer died waits for them to end.
 	Unsure []Attempt
+	// Txn is the checkpoint's Kafka transaction, set for the Write of a
+	// [Transactional] sink only.
+	Txn Txn
 
 	// The columns hold the rows appended to this batch; a joined batch has
 	// its rows in its parts, and its own columns are empty.
@@ -212,7 +260,7 @@ const (
 // its memory for the next rows, unless that is much more than the rows it
 // just held needed.
 func (b *Batch) Reset() {
-	b.Epoch, b.Retry, b.Writer, b.Unsure = 0, false, "", b.Unsure[:0]
+	b.Epoch, b.Retry, b.Writer, b.Unsure, b.Txn = 0, false, "", b.Unsure[:0], nil
 	clear(b.parts)
 	b.parts = b.parts[:0]
 	if n := len(b.UUID); cap(b.UUID) > max(4*n, keepRows) {

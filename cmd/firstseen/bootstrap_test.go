@@ -1029,7 +1029,7 @@ func TestBootstrapHelpExplainsFlagsAndRules(t *testing.T) {
 	in := bsWrite(t, filepath.Join(t.TempDir(), "u.csv"), bsContent("csv"), false)
 	t.Setenv("FIRSTSEEN_TIMEZONE", "Asia/Shanghai")
 	out, errs, err := runCLI(t, nil, e.args("--state-dir", filepath.Join(t.TempDir(), "state"), "--tolerance", "5m",
-		"--clickhouse-table", "x", "--dlq-topic", "d", "--until-caught-up", "--sink", "file", "--sink-path", "rows.jsonl",
+		"--clickhouse-table", "x", "--dlq-topic", "d", "--until-caught-up", "--sink", "file", "--sink-path", "rows",
 		"--shutdown-timeout", "10s", "--snapshot-interval", "0", "--checkpoint-interval", "1s", "--buffer-mib", "8", in)...)
 	if err != nil {
 		t.Fatalf("bootstrap with run's flags: %v\n%s", err, errs)

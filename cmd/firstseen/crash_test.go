@@ -3,13 +3,10 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,12 +19,14 @@ import (
 	"github.com/firstseen/firstseen/engine/workload"
 	"github.com/firstseen/firstseen/operators"
 	"github.com/firstseen/firstseen/sinks/clickhouse/chtest"
+	"github.com/firstseen/firstseen/sinks/filesink"
 )
 
 const activity = "activity"
 
-// scenario is a workload, its oracle, a ClickHouse database and the flags
-// that point a processor at them.
+// scenario is a workload, its oracle, a ClickHouse database, an enriched
+// topic, and the flags that point a processor at them. The processors write
+// to both sinks (--sink clickhouse,kafka), and check checks both.
 type scenario struct {
 	recs    []workload.Record
 	want    []workload.Expected
@@ -73,6 +72,7 @@ func (s *scenario) rows(t *testing.T) int {
 func (s *scenario) args(extra ...string) []string {
 	return append([]string{"run", "--brokers", strings.Join(s.brokers, ","), "--topic", activity,
 		"--state-dir", s.state, "--clickhouse-addr", s.chAddr, "--clickhouse-database", s.db,
+		"--sink", "clickhouse,kafka", "--sink-topic", enrichedTopic,
 		"--checkpoint-interval", "200ms", "--idle-timeout", "1h", "--log-format", "json"}, extra...)
 }
 
@@ -91,9 +91,13 @@ func (s *scenario) waitRows(t *testing.T, p *proc, n int, timeout time.Duration)
 	}
 }
 
+// enrichedTopic is the Kafka sink's topic in the process tests.
+const enrichedTopic = "enriched"
+
 func (s *scenario) check(t *testing.T) {
 	t.Helper()
 	enginetest.CheckTable(t, s.conn, s.table(), s.want)
+	enginetest.CheckLines(t, "topic "+enrichedTopic, enginetest.ReadTopicLines(t, s.brokers, enrichedTopic), s.want)
 	enginetest.CheckDeadLetters(t, s.brokers, activity, s.want, false)
 }
 
@@ -138,8 +142,10 @@ func testSeed(t *testing.T, env string) uint64 {
 // TestKilledAtRandomMomentsNothingLostOrDuplicated is the crash test: the
 // real binary, a separate broker process and the real ClickHouse. The
 // processor is killed with SIGKILL at random moments while the stream is
-// produced, twelve times, and restarted each time. The table must then
-// equal the oracle exactly.
+// produced, twelve times, and restarted each time. It writes to all three
+// sinks: the table, the enriched topic of the Kafka sink read with
+// read_committed, and the file sink's directory must then each equal the
+// oracle exactly.
 func TestKilledAtRandomMomentsNothingLostOrDuplicated(t *testing.T) {
 	seed := testSeed(t, "FIRSTSEEN_CRASH_SEED")
 	t.Logf("seed %d (replay with FIRSTSEEN_CRASH_SEED=%d)", seed, seed)
@@ -151,10 +157,13 @@ func TestKilledAtRandomMomentsNothingLostOrDuplicated(t *testing.T) {
 	s := newScenario(t, brokers, workload.Config{Users: 15000, Days: 3, Partitions: 4, Seed: int64(seed % 1000),
 		LateShare: 0.01, MalformedShare: 0.01})
 
+	// All three sinks at once, each checked exactly once at the end.
+	files := t.TempDir()
+	allSinks := []string{"--sink", "clickhouse,kafka,file", "--sink-path", files}
 	produced := make(chan struct{})
 	go func() { defer close(produced); produceSlowly(t, brokers, s.recs, 60, 200*time.Millisecond) }()
 	for i := 1; i <= 12; i++ {
-		p := start(t, fmt.Sprintf("run #%d", i), nil, s.args()...)
+		p := start(t, fmt.Sprintf("run #%d", i), nil, s.args(allSinks...)...)
 		alive := time.Duration(300+rng.IntN(1200)) * time.Millisecond
 		time.Sleep(alive)
 		if p.exited() {
@@ -164,11 +173,16 @@ func TestKilledAtRandomMomentsNothingLostOrDuplicated(t *testing.T) {
 		t.Logf("SIGKILL #%d after %s: %d rows in the table", i, alive, s.rows(t))
 	}
 	<-produced
-	final := start(t, "final run", nil, s.args("--idle-timeout", "1s")...)
+	final := start(t, "final run", nil, s.args(append(allSinks, "--idle-timeout", "1s")...)...)
 	final.waitOutput(t, `"msg":"starting"`, 30*time.Second)
 	s.waitRows(t, final, s.valid, 2*time.Minute)
 	stopGracefully(t, final, 30*time.Second)
 	s.check(t)
+	lines, err := filesink.ReadDir(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enginetest.CheckLines(t, "files", lines, s.want)
 }
 
 // TestSigtermTakesFinalCheckpoint: SIGTERM makes the processor write what
@@ -265,66 +279,6 @@ func TestBrokerRestart(t *testing.T) {
 	s.check(t)
 }
 
-// proxy is a TCP proxy that can cut every connection and refuse new ones,
-// standing in for a ClickHouse outage.
-type proxy struct {
-	t      *testing.T
-	addr   string
-	target string
-	mu     sync.Mutex
-	l      net.Listener
-	conns  []net.Conn
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	p := &proxy{t: t, target: target, addr: "127.0.0.1:" + strconv.Itoa(freePort(t))}
-	p.up()
-	t.Cleanup(p.down)
-	return p
-}
-
-func (p *proxy) up() {
-	l, err := net.Listen("tcp", p.addr)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	p.mu.Lock()
-	p.l = l
-	p.mu.Unlock()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", p.target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			go func() { io.Copy(s, c); s.Close() }()
-			go func() { io.Copy(c, s); c.Close() }()
-		}
-	}()
-}
-
-// down closes the listener and every proxied connection.
-func (p *proxy) down() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.l != nil {
-		p.l.Close()
-		p.l = nil
-	}
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
 // TestClickHouseOutage cuts ClickHouse away mid-stream for a few seconds:
 // the processor says what is wrong, retries, resumes by itself when
 // ClickHouse is back, and the table is exact.
@@ -332,16 +286,16 @@ func TestClickHouseOutage(t *testing.T) {
 	broker := enginetest.StartBroker(t, activity, 3)
 	s := newScenario(t, broker.ListenAddrs(), workload.Config{Users: 6000, Days: 2, Partitions: 3, Seed: 6,
 		LateShare: 0.01, MalformedShare: 0.01})
-	px := newProxy(t, s.chAddr)
+	px := chtest.NewProxy(t, s.chAddr)
 	direct := s.chAddr
-	s.chAddr = px.addr
+	s.chAddr = px.Addr()
 	third := len(s.recs) / 3
 	enginetest.Produce(t, s.brokers, activity, s.recs[:third])
 	p := start(t, "run", nil, s.args()...)
 	s.chAddr = direct
 	s.waitRows(t, p, 1, time.Minute)
 
-	px.down()
+	px.Down()
 	t.Log("ClickHouse cut off")
 	enginetest.Produce(t, s.brokers, activity, s.recs[third:])
 	p.waitOutput(t, "sink write failed; retrying", 30*time.Second)
@@ -349,7 +303,7 @@ func TestClickHouseOutage(t *testing.T) {
 	if p.exited() {
 		t.Fatalf("the processor gave up during the outage: %v", p.err)
 	}
-	px.up()
+	px.Up()
 	t.Log("ClickHouse back")
 	s.waitRows(t, p, s.valid, 2*time.Minute)
 	stopGracefully(t, p, 30*time.Second)

@@ -73,7 +73,7 @@ with a per-day table read back from where the rows went.`,
 	fs.IntVar(&o.days, "days", 2, "days the workload covers (ending at the last midnight)")
 	fs.IntVar(&o.partitions, "partitions", 4, "partitions of the demo topic")
 	fs.Int64Var(&o.seed, "seed", 1, "workload seed; the same seed gives the same workload")
-	fs.StringVar(&o.output, "output", "", "JSON Lines output when ClickHouse is not used (default: in the temporary directory)")
+	fs.StringVar(&o.output, "output", "", "the directory of JSON Lines files (event_date=*/part-*.jsonl) when ClickHouse is not used (default: in the temporary directory)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary directory (state and output) instead of removing it")
 	f.addClickHouse(fs, "firstseen_demo")
 	fs.Lookup("clickhouse-addr").DefValue = ""
@@ -141,9 +141,9 @@ func runDemo(ctx context.Context, out io.Writer, f *pipelineFlags, op operators.
 	}
 	if sink == nil {
 		if jsonl == "" {
-			jsonl = filepath.Join(dir, "enriched.jsonl")
+			jsonl = filepath.Join(dir, "enriched")
 		}
-		fs, err := filesink.Open(jsonl)
+		fs, err := filesink.Open(jsonl, filesink.JSONL)
 		if err != nil {
 			return err
 		}
@@ -208,7 +208,7 @@ func readBack(ctx context.Context, ch *clickhouse.Sink, jsonl string, sink sinks
 	if err := sink.Close(); err != nil {
 		return nil, err
 	}
-	lines, err := filesink.ReadFile(jsonl)
+	lines, err := filesink.ReadDir(jsonl)
 	if err != nil {
 		return nil, err
 	}

@@ -51,12 +51,12 @@ func TestBootstrapThenRun(t *testing.T) {
 		t.Fatalf("bootstrap: %v\n%s", err, out)
 	}
 	enginetest.Produce(t, broker.ListenAddrs(), "logs", recs)
-	rows := filepath.Join(dir, "rows.jsonl")
+	rows := filepath.Join(dir, "rows")
 	if out, err := execute(t, "run", "--brokers", broker.ListenAddrs()[0], "--topic", "logs", "--state-dir", st,
 		"--sink", "file", "--sink-path", rows, "--until-caught-up", "--checkpoint-interval", "200ms", "--log-level", "error"); err != nil {
 		t.Fatalf("run: %v\n%s", err, out)
 	}
-	lines, err := filesink.ReadFile(rows)
+	lines, err := filesink.ReadDir(rows)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestBootstrapThenRun(t *testing.T) {
 		t.Fatalf("bootstrap of the export: %v\n%s", err, out)
 	}
 	if out, err := execute(t, "run", "--brokers", broker.ListenAddrs()[0], "--topic", "logs", "--group", "copy", "--state-dir", st2,
-		"--sink", "file", "--sink-path", filepath.Join(dir, "rows2.jsonl"), "--until-caught-up", "--checkpoint-interval", "200ms",
+		"--sink", "file", "--sink-path", filepath.Join(dir, "rows2"), "--until-caught-up", "--checkpoint-interval", "200ms",
 		"--log-level", "error"); err != nil {
 		t.Fatalf("run of the copy: %v\n%s", err, out)
 	}
@@ -130,7 +130,7 @@ func TestStateCommandsWhileRunning(t *testing.T) {
 	enginetest.Produce(t, broker.ListenAddrs(), "logs", recs)
 	dir := t.TempDir()
 	p := start(t, "run", nil, "run", "--brokers", broker.ListenAddrs()[0], "--topic", "logs", "--state-dir", dir,
-		"--sink", "file", "--sink-path", filepath.Join(t.TempDir(), "rows.jsonl"), "--checkpoint-interval", "200ms",
+		"--sink", "file", "--sink-path", filepath.Join(t.TempDir(), "rows"), "--checkpoint-interval", "200ms",
 		"--snapshot-interval", "1s", "--log-format", "json")
 	p.waitOutput(t, `"msg":"starting"`, 30*time.Second)
 	var out string

@@ -58,6 +58,7 @@ func TestBadValuesSayWhatToFix(t *testing.T) {
 		{[]string{"run", "--topic", "t", "--brokers", "kafka"}, nil, `--brokers: "kafka" is not host:port`},
 		{[]string{"run", "--topic", "t", "--sink", "s3"}, nil, `--sink "s3": want clickhouse or file`},
 		{[]string{"run", "--topic", "t", "--sink", "file"}, nil, "--sink file needs --sink-path"},
+		{[]string{"run", "--topic", "t", "--sink", "file", "--sink-path", "d", "--sink-format", "csv"}, nil, `--sink-format "csv": want jsonl or parquet`},
 		{[]string{"run", "--topic", "t", "--checkpoint-interval", "1ms"}, nil, "--checkpoint-interval 1ms must be at least 100ms"},
 		{[]string{"run", "--topic", "t"}, map[string]string{"FIRSTSEEN_MAX_FUTURE": "soon"}, `invalid FIRSTSEEN_MAX_FUTURE="soon" (for --max-future)`},
 		{[]string{"run", "--topic", "t"}, map[string]string{"FIRSTSEEN_CLICKHOUSE_PASSWORD": "x", "FIRSTSEEN_LOG_LEVEL": "loud"}, `--log-level "loud"`},
@@ -81,7 +82,7 @@ func TestBadValuesSayWhatToFix(t *testing.T) {
 
 // TestRunFromEnvironmentIntoFile runs the CLI as a user would, with some
 // flags from the environment, against a Kafka-protocol broker, and checks the
-// rows against the oracle.
+// rows (Parquet files, the format from the environment) against the oracle.
 func TestRunFromEnvironmentIntoFile(t *testing.T) {
 	broker, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(2, "logs"))
 	if err != nil {
@@ -97,14 +98,15 @@ func TestRunFromEnvironmentIntoFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	out := filepath.Join(dir, "rows.jsonl")
+	out := filepath.Join(dir, "rows")
 	t.Setenv("FIRSTSEEN_TOPIC", "logs")
 	t.Setenv("FIRSTSEEN_BROKERS", broker.ListenAddrs()[0])
+	t.Setenv("FIRSTSEEN_SINK_FORMAT", "parquet")
 	if _, err := execute(t, "run", "--state-dir", filepath.Join(dir, "state"), "--sink", "file", "--sink-path", out,
 		"--until-caught-up", "--checkpoint-interval", "200ms", "--log-level", "error"); err != nil {
 		t.Fatal(err)
 	}
-	lines, err := filesink.ReadFile(out)
+	lines, err := filesink.ReadDir(out)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,6 +127,9 @@ func TestRunFromEnvironmentIntoFile(t *testing.T) {
 	}
 	if len(lines) != valid {
 		t.Fatalf("%d rows, want %d", len(lines), valid)
+	}
+	if files, _ := filepath.Glob(filepath.Join(out, "event_date=*", "part-p*.parquet")); len(files) == 0 {
+		t.Error("no Parquet files under event_date=* directories")
 	}
 }
 

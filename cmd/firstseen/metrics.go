@@ -57,37 +57,44 @@ type metricsObserver struct {
 	cpDuration   prometheus.Histogram
 	cpRows       prometheus.Histogram
 	cpBytes      prometheus.Histogram
-	sinkRows     prometheus.Histogram
-	sinkDuration prometheus.Histogram
-	sinkRetries  prometheus.Counter
-	sinkErrors   prometheus.Counter
+	sinkRows     *prometheus.HistogramVec
+	sinkDuration *prometheus.HistogramVec
+	sinkRetries  *prometheus.CounterVec
+	sinkErrors   *prometheus.CounterVec
 }
 
 // newMetricsObserver returns the observer of a run writing to the named
-// sink.
-func newMetricsObserver(sink string) *metricsObserver {
-	sl := prometheus.Labels{"sink": sink}
-	return &metricsObserver{
+// sinks; their series exist from the start, at zero.
+func newMetricsObserver(sinkNames ...string) *metricsObserver {
+	sl := []string{"sink"}
+	o := &metricsObserver{
 		cpDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "firstseen_checkpoint_duration_seconds",
-			Help:    "Time a checkpoint took, from the barrier to the local commits (sink write included).",
+			Help:    "Time a checkpoint took, from the barrier to the local commits (sink writes included).",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}), // 5ms .. 41s
 		cpRows: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "firstseen_checkpoint_rows",
-			Help:    "Rows a checkpoint wrote to the sink.",
+			Help:    "Rows a checkpoint wrote to the sinks.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 11)}), // 1 .. 1M
 		cpBytes: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "firstseen_checkpoint_changelog_bytes",
-			Help:    "Bytes of state changes (keys and values) a checkpoint wrote to the changelog topic.",
+			Help:    "Bytes of state changes (keys and values) a checkpoint wrote to the changelog topic, with a Kafka sink's rows.",
 			Buckets: prometheus.ExponentialBuckets(64, 4, 11)}), // 64 B .. 64 MiB
-		sinkRows: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "firstseen_sink_batch_rows", ConstLabels: sl,
-			Help:    "Rows in a batch written to the sink (once a batch, however many attempts it took).",
-			Buckets: prometheus.ExponentialBuckets(1, 4, 11)}),
-		sinkDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "firstseen_sink_write_duration_seconds", ConstLabels: sl,
-			Help:    "Time one attempt of a sink write took, failed ones included.",
-			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}), // 1ms .. 33s
-		sinkRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "firstseen_sink_retries_total", ConstLabels: sl,
-			Help: "Sink write attempts after the first of their batch."}),
-		sinkErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "firstseen_sink_errors_total", ConstLabels: sl,
-			Help: "Sink write attempts that failed (transient ones are retried; a permanent one ends the run)."}),
+		sinkRows: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "firstseen_sink_batch_rows",
+			Help:    "Rows in a batch written to a sink (once a batch, however many attempts it took).",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 11)}, sl),
+		sinkDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "firstseen_sink_write_duration_seconds",
+			Help:    "Time one attempt of a sink write took, failed ones included (a Kafka sink's: queueing in the checkpoint's transaction).",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, sl), // 1ms .. 33s
+		sinkRetries: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "firstseen_sink_retries_total",
+			Help: "Sink write attempts after the first of their batch."}, sl),
+		sinkErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "firstseen_sink_errors_total",
+			Help: "Sink write attempts that failed (transient ones are retried; a permanent one ends the run)."}, sl),
 	}
+	for _, name := range sinkNames {
+		o.sinkRows.WithLabelValues(name)
+		o.sinkDuration.WithLabelValues(name)
+		o.sinkRetries.WithLabelValues(name)
+		o.sinkErrors.WithLabelValues(name)
+	}
+	return o
 }
 
 func (o *metricsObserver) register(reg *prometheus.Registry) {
@@ -102,15 +109,15 @@ func (o *metricsObserver) CheckpointTaken(took time.Duration, rows, changelogByt
 }
 
 // SinkWrite implements engine.Observer.
-func (o *metricsObserver) SinkWrite(rows int, took time.Duration, attempt int, err error) {
-	o.sinkDuration.Observe(took.Seconds())
+func (o *metricsObserver) SinkWrite(sink string, rows int, took time.Duration, attempt int, err error) {
+	o.sinkDuration.WithLabelValues(sink).Observe(took.Seconds())
 	if attempt == 1 {
-		o.sinkRows.Observe(float64(rows))
+		o.sinkRows.WithLabelValues(sink).Observe(float64(rows))
 	} else {
-		o.sinkRetries.Inc()
+		o.sinkRetries.WithLabelValues(sink).Inc()
 	}
 	if err != nil {
-		o.sinkErrors.Inc()
+		o.sinkErrors.WithLabelValues(sink).Inc()
 	}
 }
 

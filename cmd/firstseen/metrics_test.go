@@ -45,7 +45,7 @@ func TestMetricsDuringRun(t *testing.T) {
 	port := freePort(t)
 	base := fmt.Sprintf("http://127.0.0.1:%d", port)
 	run := start(t, "run", nil, "run", "--brokers", broker.ListenAddrs()[0], "--topic", "logs",
-		"--state-dir", filepath.Join(dir, "state"), "--sink", "file", "--sink-path", filepath.Join(dir, "rows.jsonl"),
+		"--state-dir", filepath.Join(dir, "state"), "--sink", "file", "--sink-path", filepath.Join(dir, "rows"),
 		"--metrics-addr", fmt.Sprintf("127.0.0.1:%d", port), "--checkpoint-interval", "1500ms",
 		"--summary-interval", "1s", "--log-level", "debug", "--log-format", "json")
 

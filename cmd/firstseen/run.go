@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
@@ -17,13 +18,17 @@ import (
 	"github.com/firstseen/firstseen/sinks"
 	"github.com/firstseen/firstseen/sinks/clickhouse"
 	"github.com/firstseen/firstseen/sinks/filesink"
+	kafkasink "github.com/firstseen/firstseen/sinks/kafka"
 )
 
 // runOptions are the flags of run, which config check checks too.
 type runOptions struct {
 	f                pipelineFlags
-	sinkKind         string
+	sinkKind         string // comma-separated list
 	sinkPath         string
+	sinkTopic        string
+	sinkPartitions   int
+	sinkFormat       string
 	untilCaughtUp    bool
 	snapshotInterval time.Duration
 }
@@ -37,7 +42,8 @@ func newRunCmd() *cobra.Command {
 		Use:   "run --topic TOPIC [flags]",
 		Short: "Process a Kafka topic of activity logs into ClickHouse",
 		Long: `run consumes --topic, decides is_new and late for every record, and writes the
-enriched rows to ClickHouse (or, with --sink file, to a JSON Lines file).
+enriched rows to ClickHouse (or, with --sink file, to files under a directory,
+partitioned by event_date).
 
 Rows are written at each checkpoint (every --checkpoint-interval). A record
 whose user might still turn out to have been active on an earlier day waits
@@ -98,8 +104,11 @@ func (o *runOptions) addFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.untilCaughtUp, "until-caught-up", false, "process what the topic holds at start, take a final checkpoint and exit 0 (for scheduled jobs)")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long the final checkpoint may take")
 	fs.DurationVar(&o.snapshotInterval, "snapshot-interval", time.Minute, "how often a snapshot of the state is published for 'firstseen state' to read while this runs (0: never)")
-	fs.StringVar(&o.sinkKind, "sink", "clickhouse", "where rows go: clickhouse, or file (JSON Lines at --sink-path)")
-	fs.StringVar(&o.sinkPath, "sink-path", "", "with --sink file: the JSON Lines file rows are appended to")
+	fs.StringVar(&o.sinkKind, "sink", "clickhouse", "where rows go, exactly once each: clickhouse, kafka (JSON to --sink-topic), file (at --sink-path), or several, comma-separated (clickhouse,kafka)")
+	fs.StringVar(&o.sinkPath, "sink-path", "", "with --sink file: the directory of the files, DIR/event_date=YYYY-MM-DD/part-*.jsonl|parquet (exactly once)")
+	fs.StringVar(&o.sinkFormat, "sink-format", "jsonl", "with --sink file: the file format, jsonl or parquet")
+	fs.StringVar(&o.sinkTopic, "sink-topic", "", "with --sink kafka: the topic enriched rows are written to as JSON, keyed by uuid, in the checkpoints' transactions (read it with isolation.level=read_committed); created if missing")
+	fs.IntVar(&o.sinkPartitions, "sink-partitions", 6, "with --sink kafka: the partitions of --sink-topic when it is created")
 	f.addMemory(fs)
 	f.addLogging(fs)
 	f.addSummary(fs)
@@ -143,9 +152,44 @@ func (o *runOptions) validate() (operators.Config, []string) {
 	return op, append(problems, o.sinkProblems()...)
 }
 
-// sinkProblems checks --sink and the flags of the sink it names.
+// sinkKinds are the sinks --sink names.
+func (o *runOptions) sinkKinds() []string { return splitList(o.sinkKind) }
+
+// hasSink says whether --sink names kind.
+func (o *runOptions) hasSink(kind string) bool { return slices.Contains(o.sinkKinds(), kind) }
+
+// sinkProblems checks --sink and the flags of the sinks it names.
 func (o *runOptions) sinkProblems() []string {
-	switch o.sinkKind {
+	kinds := o.sinkKinds()
+	if len(kinds) == 0 {
+		return []string{"--sink is empty: want clickhouse, kafka or file, or several comma-separated"}
+	}
+	var problems []string
+	seen := map[string]bool{}
+	for _, k := range kinds {
+		if seen[k] {
+			problems = append(problems, fmt.Sprintf("--sink names %s twice", k))
+		}
+		seen[k] = true
+		problems = append(problems, o.sinkProblemsOf(k)...)
+	}
+	return problems
+}
+
+// sinkProblemsOf checks the flags of one sink.
+func (o *runOptions) sinkProblemsOf(kind string) []string {
+	switch kind {
+	case "kafka":
+		var problems []string
+		if o.sinkTopic == "" {
+			problems = append(problems, "--sink kafka needs --sink-topic, the topic enriched rows go to")
+		} else if o.sinkTopic == o.f.topic || o.sinkTopic == o.f.dlqTopic {
+			problems = append(problems, "--sink-topic must differ from --topic and --dlq-topic")
+		}
+		if o.sinkPartitions < 1 {
+			problems = append(problems, fmt.Sprintf("--sink-partitions %d must be at least 1", o.sinkPartitions))
+		}
+		return problems
 	case "clickhouse":
 		var problems []string
 		if err := checkHostPorts("clickhouse-addr", splitList(o.f.chAddr)); err != nil {
@@ -153,18 +197,22 @@ func (o *runOptions) sinkProblems() []string {
 		}
 		return append(problems, o.f.sec.checkClickHouse()...)
 	case "file":
+		var problems []string
 		if o.sinkPath == "" {
-			return []string{"--sink file needs --sink-path, the JSON Lines file to append to"}
+			problems = append(problems, "--sink file needs --sink-path, the directory to write files to")
 		}
-		return nil
+		if _, err := filesink.ParseFormat(o.sinkFormat); err != nil || o.sinkFormat == "" {
+			problems = append(problems, fmt.Sprintf("--sink-format %q: want jsonl or parquet", o.sinkFormat))
+		}
+		return problems
 	}
-	return []string{fmt.Sprintf("--sink %q: want clickhouse or file", o.sinkKind)}
+	return []string{fmt.Sprintf("--sink %q: want clickhouse, kafka or file", kind)}
 }
 
 // warnings are settings of run that work but are unsafe or likely wrong.
 func (o *runOptions) warnings() []string {
 	w := o.f.sec.kafkaWarnings()
-	if o.sinkKind == "clickhouse" {
+	if o.hasSink("clickhouse") {
 		w = append(w, o.f.clickhouseWarnings()...)
 	}
 	return w
@@ -181,7 +229,7 @@ func (o *runOptions) run(cmd *cobra.Command, op operators.Config) error {
 		return err
 	}
 	defer stop()
-	f.sec.logSecurity(log, o.sinkKind == "clickhouse")
+	f.sec.logSecurity(log, o.hasSink("clickhouse"))
 	for _, w := range o.warnings() {
 		log.Warn(w)
 	}
@@ -195,23 +243,16 @@ func (o *runOptions) run(cmd *cobra.Command, op operators.Config) error {
 	if o.snapshotInterval == 0 {
 		cfg.SnapshotInterval = -1
 	}
-	switch o.sinkKind {
-	case "clickhouse":
-		s, err := openClickHouse(ctx, f, log)
-		if err != nil {
-			return err
+	closeSinks, err := o.openSinks(ctx, &cfg, log)
+	defer closeSinks()
+	if err != nil {
+		if ctx.Err() != nil {
+			log.Info("stopped while opening the sinks: nothing to save")
+			return nil
 		}
-		defer s.Close()
-		cfg.Sink, cfg.IsRetryable = s, clickhouse.IsRetryable
-	case "file":
-		s, err := filesink.Open(o.sinkPath)
-		if err != nil {
-			return err
-		}
-		defer s.Close()
-		cfg.Sink = s
+		return err
 	}
-	obs := newMetricsObserver(o.sinkKind)
+	obs := newMetricsObserver(o.sinkKinds()...)
 	cfg.Status, cfg.Observer = &engine.Status{}, obs
 	stopServe, err := serveStatus(listener{addr: f.metricsAddr, pprof: f.pprof, stallAfter: defaultStallAfter(f.checkpointInterval),
 		explicit: cmd.Flags().Changed("metrics-addr") || os.Getenv(envName("metrics-addr")) != ""}, cfg.Status, obs, log)
@@ -225,6 +266,49 @@ func (o *runOptions) run(cmd *cobra.Command, op operators.Config) error {
 		logSummary(log, st)
 	}
 	return err
+}
+
+// openSinks opens the sinks --sink names, in its order, into cfg.Sinks. The
+// returned function closes those that opened.
+func (o *runOptions) openSinks(ctx context.Context, cfg *engine.Config, log *slog.Logger) (func(), error) {
+	var opened []sinks.Sink
+	closeAll := func() {
+		for _, s := range slices.Backward(opened) {
+			s.Close()
+		}
+	}
+	for _, kind := range o.sinkKinds() {
+		sc := engine.SinkConfig{Name: kind}
+		switch kind {
+		case "clickhouse":
+			s, err := openClickHouse(ctx, &o.f, log)
+			if err != nil {
+				return closeAll, err
+			}
+			sc.Sink, sc.IsRetryable = s, clickhouse.IsRetryable
+		case "kafka":
+			s, err := kafkasink.Open(ctx, kafkasink.Config{Brokers: o.f.brokers, Topic: o.sinkTopic,
+				Partitions: int32(o.sinkPartitions), KafkaOptions: o.f.sec.kafkaOpts})
+			if err != nil {
+				return closeAll, err
+			}
+			log.Info("kafka sink ready", "topic", s.Topic())
+			sc.Sink = s
+		case "file":
+			format, err := filesink.ParseFormat(o.sinkFormat)
+			if err != nil {
+				return closeAll, err
+			}
+			s, err := filesink.Open(o.sinkPath, format)
+			if err != nil {
+				return closeAll, err
+			}
+			sc.Sink = s
+		}
+		opened = append(opened, sc.Sink)
+		cfg.Sinks = append(cfg.Sinks, sc)
+	}
+	return closeAll, nil
 }
 
 // openClickHouse connects, retrying while the error is transient, so a

@@ -130,7 +130,7 @@ func (e *scaleEnv) start(id, dir string, extra ...string) *replica {
 	s := e.s
 	args := []string{"run", "--brokers", strings.Join(s.brokers, ","), "--topic", activity,
 		"--group", e.group, "--session-timeout", scaleSession.String(),
-		"--state-dir", dir, "--clickhouse-addr", s.chAddr, "--clickhouse-database", s.db,
+		"--state-dir", dir, "--clickhouse-addr", s.chAddr, "--clickhouse-database", s.db, "--sink", "clickhouse,kafka", "--sink-topic", enrichedTopic,
 		"--checkpoint-interval", "200ms", "--idle-timeout", "1h", "--log-format", "json",
 		"--metrics-addr", "127.0.0.1:0", "--shutdown-timeout", "20s"}
 	if !strings.HasPrefix(id, "noid") {

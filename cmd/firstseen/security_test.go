@@ -106,7 +106,7 @@ func (b *secureBroker) runArgs(t *testing.T, out string, extra ...string) []stri
 // checkFileRows checks the JSON Lines rows against the oracle.
 func checkFileRows(t *testing.T, path string, want []workload.Expected) {
 	t.Helper()
-	lines, err := filesink.ReadFile(path)
+	lines, err := filesink.ReadDir(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +135,7 @@ func TestKafkaSASLMechanisms(t *testing.T) {
 	b := newSecureBroker(t, brokerOpts{mechanisms: []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}})
 	for i, mech := range []string{"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"} {
 		t.Run(mech, func(t *testing.T) {
-			out := filepath.Join(t.TempDir(), "rows.jsonl")
+			out := filepath.Join(t.TempDir(), "rows")
 			args := b.runArgs(t, out, "--kafka-sasl-mechanism", strings.ToLower(mech), "--kafka-user", b.user)
 			if i%2 == 0 {
 				t.Setenv(kafkaPasswordEnv, b.pass)
@@ -164,7 +164,7 @@ func TestKafkaTLS(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			b := newSecureBroker(t, tc.o)
 			dir := t.TempDir()
-			out := filepath.Join(dir, "rows.jsonl")
+			out := filepath.Join(dir, "rows")
 			args := b.runArgs(t, out, "--kafka-tls", "--kafka-tls-ca-file", b.ca.WriteCA(t, dir, "ca.pem"))
 			if tc.o.clientCert {
 				cert, key := testcerts.WritePair(t, b.ca.Client(t, "firstseen"), dir, "client")
@@ -249,7 +249,7 @@ func TestKafkaRefusedQuickly(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			out := filepath.Join(t.TempDir(), "rows.jsonl")
+			out := filepath.Join(t.TempDir(), "rows")
 			code, output, took := runToExit(t, 40*time.Second, tc.env, tc.b.runArgs(t, out, tc.args...)...)
 			t.Logf("exit status %d after %s: %s", code, took.Round(time.Millisecond), errorLine(output))
 			if code != 1 || !strings.Contains(output, tc.want) {
@@ -437,17 +437,17 @@ func TestEveryCommandThroughSASLAndTLS(t *testing.T) {
 	// --repartition: the repartitioner's transactional group client too.
 	port := freePort(t)
 	p := start(t, "run --repartition", []string{kafkaPasswordEnv + "=" + b.pass}, append([]string{"run", "--topic", activity,
-		"--group", "rep", "--repartition", "--state-dir", t.TempDir(), "--sink", "file", "--sink-path", filepath.Join(dir, "rows.jsonl"),
+		"--group", "rep", "--repartition", "--state-dir", t.TempDir(), "--sink", "file", "--sink-path", filepath.Join(dir, "rows"),
 		"--checkpoint-interval", "200ms", "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", port), "--log-format", "json"}, kafka...)...)
 	waitReadyAndScrape(t, p, port)
 	stopGracefully(t, p, 30*time.Second)
 
 	// A replica of the bootstrapped group on an empty state directory
 	// restores its partitions from the changelog: the restore's client.
-	restored := filepath.Join(dir, "restored.jsonl")
+	restored := filepath.Join(dir, "restored")
 	cli("run", "--topic", activity, "--group", "boot", "--state-dir", t.TempDir(), "--until-caught-up",
 		"--sink", "file", "--sink-path", restored, "--metrics-addr", "0", "--log-level", "error")
-	lines, err := filesink.ReadFile(restored)
+	lines, err := filesink.ReadDir(restored)
 	if err != nil {
 		t.Fatal(err)
 	}

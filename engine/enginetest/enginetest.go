@@ -12,12 +12,14 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/firstseen/firstseen/engine"
 	"github.com/firstseen/firstseen/engine/workload"
 	"github.com/firstseen/firstseen/operators"
+	"github.com/firstseen/firstseen/sinks"
 )
 
 // StartBroker runs a Kafka-protocol broker (kfake) in the test's process
@@ -76,26 +78,37 @@ func CheckTable(t testing.TB, conn driver.Conn, table string, want []workload.Ex
 		t.Fatal(err)
 	}
 	defer rows.Close()
-	got := map[key]string{}
-	var dups, missing, wrong int
+	var got []sinks.Line
 	for rows.Next() {
-		var p int32
-		var off int64
-		var u string
+		var l sinks.Line
 		var isNew, late uint8
-		if err := rows.Scan(&p, &off, &u, &isNew, &late); err != nil {
+		if err := rows.Scan(&l.Partition, &l.Offset, &l.UUID, &isNew, &late); err != nil {
 			t.Fatal(err)
 		}
-		k := key{p, off}
-		if _, dup := got[k]; dup {
-			if dups++; dups <= 10 {
-				t.Errorf("duplicate row for partition %d offset %d", p, off)
-			}
-		}
-		got[k] = fmt.Sprintf("%s is_new=%d late=%d", u, isNew, late)
+		l.IsNew, l.Late = isNew == 1, late == 1
+		got = append(got, l)
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)
+	}
+	CheckLines(t, "table "+table, got, want)
+}
+
+// CheckLines compares the rows a sink stored (read back as lines) with the
+// oracle: exactly one row per valid record, with its uuid, is_new and late.
+// It reports missing, duplicated, wrong and extra rows.
+func CheckLines(t testing.TB, what string, lines []sinks.Line, want []workload.Expected) {
+	t.Helper()
+	got := map[key]string{}
+	var dups, missing, wrong int
+	for _, l := range lines {
+		k := key{l.Partition, l.Offset}
+		if _, dup := got[k]; dup {
+			if dups++; dups <= 10 {
+				t.Errorf("%s: duplicate row for partition %d offset %d", what, l.Partition, l.Offset)
+			}
+		}
+		got[k] = fmt.Sprintf("%s is_new=%d late=%d", l.UUID, b01(l.IsNew), b01(l.Late))
 	}
 	valid := 0
 	for _, e := range want {
@@ -108,19 +121,83 @@ func CheckTable(t testing.TB, conn driver.Conn, table string, want []workload.Ex
 		switch {
 		case !ok:
 			if missing++; missing <= 10 {
-				t.Errorf("missing row for partition %d offset %d", e.Partition, e.Offset)
+				t.Errorf("%s: missing row for partition %d offset %d", what, e.Partition, e.Offset)
 			}
 		case g != exp:
 			if wrong++; wrong <= 10 {
-				t.Errorf("partition %d offset %d: got %s, want %s", e.Partition, e.Offset, g, exp)
+				t.Errorf("%s: partition %d offset %d: got %s, want %s", what, e.Partition, e.Offset, g, exp)
 			}
 		}
 	}
 	if extra := len(got) - (valid - missing); extra > 0 {
-		t.Errorf("%d rows that match no valid input record", extra)
+		t.Errorf("%s: %d rows that match no valid input record", what, extra)
 	}
-	t.Logf("table check: %d rows expected, %d distinct found, %d missing, %d duplicated, %d wrong",
-		valid, len(got), missing, dups, wrong)
+	t.Logf("%s check: %d rows expected, %d distinct found, %d missing, %d duplicated, %d wrong",
+		what, valid, len(got), missing, dups, wrong)
+}
+
+// ReadTopicLines reads every committed record of topic (as a consumer with
+// isolation.level=read_committed does) up to its end, as rows in JSON.
+func ReadTopicLines(t testing.TB, brokers []string, topic string, opts ...kgo.Opt) []sinks.Line {
+	t.Helper()
+	var out []sinks.Line
+	for _, r := range ReadTopic(t, brokers, topic, opts...) {
+		l, err := sinks.ParseJSON(r.Value)
+		if err != nil {
+			t.Fatalf("%s partition %d offset %d: %v", topic, r.Partition, r.Offset, err)
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// ReadTopic reads every committed record of topic up to its end, as a
+// consumer with isolation.level=read_committed sees them.
+func ReadTopic(t testing.TB, brokers []string, topic string, opts ...kgo.Opt) []*kgo.Record {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	adm, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adm.Close()
+	ends, err := kadm.NewClient(adm).ListEndOffsets(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := map[int32]int64{}
+	ends.Each(func(o kadm.ListedOffset) {
+		if o.Offset > 0 {
+			left[o.Partition] = o.Offset
+		}
+	})
+	// With the control records kept, every offset up to the end shows up
+	// (a transactional partition ends with a commit or abort marker), so
+	// a partition is done when its last record is the one before its end.
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.KeepControlRecords()}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var out []*kgo.Record
+	for len(left) > 0 {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("reading %s: %v (partitions not read to their end: %v)", topic, ctx.Err(), left)
+		}
+		fs.EachRecord(func(r *kgo.Record) {
+			if !r.Attrs.IsControl() {
+				out = append(out, r)
+			}
+			if end, ok := left[r.Partition]; ok && r.Offset+1 >= end {
+				delete(left, r.Partition)
+			}
+		})
+	}
+	return out
 }
 
 func b01(b bool) int {
