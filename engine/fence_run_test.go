@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
-	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/firstseen/firstseen/engine"
@@ -19,24 +18,8 @@ import (
 // refused by the group coordinator, so its rows are not written, and its
 // run ends with an error that says why.
 func TestFencedMemberWritesNothing(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
 	base := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	produce := func(from, to int) {
-		for i := from; i < to; i++ {
-			if err := cl.ProduceSync(context.Background(), record(i, base.Add(time.Duration(i)*time.Second))).FirstErr(); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	c, produce := oneTopic(t, base)
 	produce(0, 5)
 	sink := &memSink{}
 	done := make(chan error, 1)
@@ -49,6 +32,11 @@ func TestFencedMemberWritesNothing(t *testing.T) {
 		done <- err
 	}()
 	waitFor(t, func() bool { return len(sink.all()) == 5 })
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
 	if _, err := kadm.NewClient(cl).LeaveGroup(context.Background(), kadm.LeaveGroup("g").InstanceIDs("replica-0")); err != nil {
 		t.Fatal(err)
 	}

@@ -58,11 +58,8 @@ func record(user int, t time.Time) *kgo.Record {
 // count as idle (its watermark would follow the wall clock and every record
 // produced meanwhile would come out late).
 func TestBrokerOutageIsNotIdleness(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	base := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+	c, produce := oneTopic(t, base)
 	var down atomic.Bool
 	for _, key := range []int16{kmsg.Fetch.Int16(), kmsg.ListOffsets.Int16()} {
 		c.ControlKey(key, func(kmsg.Request) (kmsg.Response, error, bool) {
@@ -72,19 +69,6 @@ func TestBrokerOutageIsNotIdleness(t *testing.T) {
 			}
 			return nil, nil, false
 		})
-	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	base := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	produce := func(from, to int) {
-		for i := from; i < to; i++ {
-			if err := cl.ProduceSync(context.Background(), record(i, base.Add(time.Duration(i)*time.Second))).FirstErr(); err != nil {
-				t.Fatal(err)
-			}
-		}
 	}
 	produce(0, 5)
 	sink := &memSink{}
@@ -183,5 +167,29 @@ func TestTimezoneIsBoundToTheState(t *testing.T) {
 	err := run("UTC")
 	if err == nil || !strings.Contains(err.Error(), "was built with --timezone Asia/Shanghai; it cannot change to UTC") {
 		t.Fatalf("got %v, want the time-zone refusal", err)
+	}
+}
+
+// oneTopic starts a broker with the one-partition topic and returns it with
+// a function that produces the records of users from to to-1 (record),
+// one second apart from base.
+func oneTopic(t *testing.T, base time.Time) (*kfake.Cluster, func(from, to int)) {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return c, func(from, to int) {
+		for i := from; i < to; i++ {
+			if err := cl.ProduceSync(context.Background(), record(i, base.Add(time.Duration(i)*time.Second))).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 }

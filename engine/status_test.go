@@ -8,9 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kgo"
-
 	"github.com/firstseen/firstseen/engine"
 	"github.com/firstseen/firstseen/operators"
 	"github.com/firstseen/firstseen/sinks"
@@ -66,24 +63,8 @@ func (e *events) SinkWrite(_ string, _ int, _ time.Duration, attempt int, err er
 // in a call that does not return (what /healthz reports), and moves again
 // when it returns.
 func TestStatusAndObserver(t *testing.T) {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topic))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.RecordPartitioner(kgo.ManualPartitioner()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
 	base := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	produce := func(from, to int) {
-		for i := from; i < to; i++ {
-			if err := cl.ProduceSync(context.Background(), record(i, base.Add(time.Duration(i)*time.Second))).FirstErr(); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	c, produce := oneTopic(t, base)
 	produce(0, 5)
 	sink := &blockingSink{}
 	sink.failures.Store(2)
