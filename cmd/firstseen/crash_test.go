@@ -36,6 +36,9 @@ type scenario struct {
 	conn    driver.Conn
 	brokers []string
 	state   string
+	// kafkaSink: args was used, so the processors wrote to the Kafka sink
+	// too, and check reads its topic.
+	kafkaSink bool
 }
 
 func newScenario(t *testing.T, brokers []string, cfg workload.Config) *scenario {
@@ -70,6 +73,7 @@ func (s *scenario) rows(t *testing.T) int {
 
 // args are the flags of `firstseen run` for this scenario.
 func (s *scenario) args(extra ...string) []string {
+	s.kafkaSink = true
 	return append([]string{"run", "--brokers", strings.Join(s.brokers, ","), "--topic", activity,
 		"--state-dir", s.state, "--clickhouse-addr", s.chAddr, "--clickhouse-database", s.db,
 		"--sink", "clickhouse,kafka", "--sink-topic", enrichedTopic,
@@ -97,7 +101,9 @@ const enrichedTopic = "enriched"
 func (s *scenario) check(t *testing.T) {
 	t.Helper()
 	enginetest.CheckTable(t, s.conn, s.table(), s.want)
-	enginetest.CheckLines(t, "topic "+enrichedTopic, enginetest.ReadTopicLines(t, s.brokers, enrichedTopic), s.want)
+	if s.kafkaSink {
+		enginetest.CheckLines(t, "topic "+enrichedTopic, enginetest.ReadTopicLines(t, s.brokers, enrichedTopic), s.want)
+	}
 	enginetest.CheckDeadLetters(t, s.brokers, activity, s.want, false)
 }
 

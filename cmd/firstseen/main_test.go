@@ -56,7 +56,7 @@ func TestBadValuesSayWhatToFix(t *testing.T) {
 		{[]string{"run", "--topic", "t", "--tolerance", "abc"}, nil, `invalid argument "abc" for "--tolerance"`},
 		{[]string{"run", "--topic", "t", "--timezone", "Mars/Olympus"}, nil, `--timezone "Mars/Olympus" is not an IANA time zone`},
 		{[]string{"run", "--topic", "t", "--brokers", "kafka"}, nil, `--brokers: "kafka" is not host:port`},
-		{[]string{"run", "--topic", "t", "--sink", "s3"}, nil, `--sink "s3": want clickhouse or file`},
+		{[]string{"run", "--topic", "t", "--sink", "s3"}, nil, `--sink "s3": want clickhouse, kafka or file`},
 		{[]string{"run", "--topic", "t", "--sink", "file"}, nil, "--sink file needs --sink-path"},
 		{[]string{"run", "--topic", "t", "--sink", "file", "--sink-path", "d", "--sink-format", "csv"}, nil, `--sink-format "csv": want jsonl or parquet`},
 		{[]string{"run", "--topic", "t", "--checkpoint-interval", "1ms"}, nil, "--checkpoint-interval 1ms must be at least 100ms"},

@@ -128,6 +128,7 @@ func newScaleEnv(t *testing.T, users int) *scaleEnv {
 func (e *scaleEnv) start(id, dir string, extra ...string) *replica {
 	e.t.Helper()
 	s := e.s
+	s.kafkaSink = true // the replicas write to both sinks
 	args := []string{"run", "--brokers", strings.Join(s.brokers, ","), "--topic", activity,
 		"--group", e.group, "--session-timeout", scaleSession.String(),
 		"--state-dir", dir, "--clickhouse-addr", s.chAddr, "--clickhouse-database", s.db, "--sink", "clickhouse,kafka", "--sink-topic", enrichedTopic,

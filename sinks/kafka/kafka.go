@@ -94,7 +94,7 @@ func Open(ctx context.Context, cfg Config) (*Sink, error) {
 			return nil, fmt.Errorf("kafka sink: create topic %q: %w", cfg.Topic, cerr)
 		}
 		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
-			if n, err = partitions(ctx, adm, cfg.Topic); err == nil || time.Now().After(deadline) {
+			if n, err = partitions(ctx, adm, cfg.Topic); err == nil || ctx.Err() != nil || time.Now().After(deadline) {
 				break
 			}
 		}
