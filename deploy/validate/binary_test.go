@@ -118,12 +118,12 @@ func manifestVariables(t *testing.T) map[string]string {
 		}
 		for _, cm := range byKind(objs, "ConfigMap") {
 			for k := range dict(cm, "data") {
-				vars[k] = "deploy/" + dir + " ConfigMap " + str(cm, "metadata", "name")
+				vars[k] = "deploy/" + dir + " ConfigMap " + jstr(cm, "metadata", "name")
 			}
 		}
-		for _, c := range list(byKind(objs, "StatefulSet")[0], "spec", "template", "spec", "containers") {
-			for _, e := range list(c, "env") {
-				vars[str(e, "name")] = "deploy/" + dir + " StatefulSet env"
+		for _, c := range jlist(byKind(objs, "StatefulSet")[0], "spec", "template", "spec", "containers") {
+			for _, e := range jlist(c, "env") {
+				vars[jstr(e, "name")] = "deploy/" + dir + " StatefulSet env"
 			}
 		}
 	}
@@ -195,8 +195,8 @@ func TestSettingsAreAccepted(t *testing.T) {
 				t.Fatal(err)
 			}
 			var c any
-			for _, x := range list(byKind(objs, "StatefulSet")[0], "spec", "template", "spec", "containers") {
-				if str(x, "name") == "firstseen" {
+			for _, x := range jlist(byKind(objs, "StatefulSet")[0], "spec", "template", "spec", "containers") {
+				if jstr(x, "name") == "firstseen" {
 					c = x
 				}
 			}

@@ -130,46 +130,14 @@ func replaceOnce(t *testing.T, file, old, new string) {
 	}
 }
 
-// get walks a decoded YAML value by map keys (string) and list indexes
-// (int); nil when something on the way is missing.
-func get(v any, path ...any) any {
-	for _, p := range path {
-		switch k := p.(type) {
-		case string:
-			m, ok := v.(map[string]any)
-			if !ok {
-				return nil
-			}
-			v = m[k]
-		case int:
-			l, ok := v.([]any)
-			if !ok || k >= len(l) {
-				return nil
-			}
-			v = l[k]
-		}
-	}
-	return v
-}
-
-func str(v any, path ...any) string {
-	s, _ := get(v, path...).(string)
-	return s
-}
-
-func list(v any, path ...any) []any {
-	l, _ := get(v, path...).([]any)
-	return l
-}
-
 func dict(v any, path ...any) map[string]any {
-	m, _ := get(v, path...).(map[string]any)
+	m, _ := jget(v, path...).(map[string]any)
 	return m
 }
 
 // num is an integer field: YAML numbers decode as int, int64 or float64.
 func num(v any, path ...any) (int64, bool) {
-	switch n := get(v, path...).(type) {
+	switch n := jget(v, path...).(type) {
 	case int:
 		return int64(n), true
 	case int64:
@@ -192,7 +160,7 @@ func byKind(objs []Object, kind string) []Object {
 
 func named(objs []Object, kind, name string) Object {
 	for _, o := range byKind(objs, kind) {
-		if str(o, "metadata", "name") == name {
+		if jstr(o, "metadata", "name") == name {
 			return o
 		}
 	}
@@ -232,8 +200,8 @@ func mebibytes(q any) (float64, error) {
 // value "<from ...>".
 func podEnv(objs []Object, container any, bad func(string, ...any)) map[string]string {
 	env := map[string]string{}
-	for _, ef := range list(container, "envFrom") {
-		name := str(ef, "configMapRef", "name")
+	for _, ef := range jlist(container, "envFrom") {
+		name := jstr(ef, "configMapRef", "name")
 		if name == "" {
 			continue
 		}
@@ -246,15 +214,15 @@ func podEnv(objs []Object, container any, bad func(string, ...any)) map[string]s
 			env[k] = fmt.Sprint(v)
 		}
 	}
-	for _, e := range list(container, "env") {
-		name := str(e, "name")
+	for _, e := range jlist(container, "env") {
+		name := jstr(e, "name")
 		switch {
-		case get(e, "valueFrom", "secretKeyRef") != nil:
+		case jget(e, "valueFrom", "secretKeyRef") != nil:
 			env[name] = "<from secret>"
-		case get(e, "valueFrom") != nil:
+		case jget(e, "valueFrom") != nil:
 			env[name] = "<from valueFrom>"
 		default:
-			env[name] = str(e, "value")
+			env[name] = jstr(e, "value")
 		}
 	}
 	return env

@@ -122,9 +122,9 @@ func firstseenProblems(objs []Object, overlay bool) (problems []string) {
 		return problems
 	}
 	sts := sets[0]
-	pod := get(sts, "spec", "template")
+	pod := jget(sts, "spec", "template")
 	podLabels := dict(pod, "metadata", "labels")
-	if p := str(sts, "spec", "podManagementPolicy"); p != "Parallel" {
+	if p := jstr(sts, "spec", "podManagementPolicy"); p != "Parallel" {
 		bad("StatefulSet podManagementPolicy %q, want Parallel", p)
 	}
 	if !subset(dict(sts, "spec", "selector", "matchLabels"), podLabels) {
@@ -132,8 +132,8 @@ func firstseenProblems(objs []Object, overlay bool) (problems []string) {
 	}
 
 	var c any
-	for _, x := range list(pod, "spec", "containers") {
-		if str(x, "name") == "firstseen" {
+	for _, x := range jlist(pod, "spec", "containers") {
+		if jstr(x, "name") == "firstseen" {
 			c = x
 		}
 	}
@@ -142,18 +142,18 @@ func firstseenProblems(objs []Object, overlay bool) (problems []string) {
 		return problems
 	}
 	env := podEnv(objs, c, bad)
-	if len(list(c, "envFrom")) == 0 {
+	if len(jlist(c, "envFrom")) == 0 {
 		bad("the container has no envFrom: the settings ConfigMap is not used")
 	}
-	if a := list(c, "args"); len(a) == 0 || a[0] != "run" {
+	if a := jlist(c, "args"); len(a) == 0 || a[0] != "run" {
 		bad("container args %v, want [run ...]", a)
 	}
 
 	// The metrics port: the container's, the probes', the Service's, the
 	// scrape annotation's and --metrics-addr must all be one.
 	metricsPort := int64(0)
-	for _, p := range list(c, "ports") {
-		if str(p, "name") == "metrics" {
+	for _, p := range jlist(c, "ports") {
+		if jstr(p, "name") == "metrics" {
 			metricsPort, _ = num(p, "containerPort")
 		}
 	}
@@ -169,7 +169,7 @@ func firstseenProblems(objs []Object, overlay bool) (problems []string) {
 		bad("FIRSTSEEN_METRICS_ADDR %q is not the metrics port %d", addr, metricsPort)
 	}
 	probePort := func(probe string) {
-		port := get(c, probe, "httpGet", "port")
+		port := jget(c, probe, "httpGet", "port")
 		if port != "metrics" {
 			if n, ok := num(c, probe, "httpGet", "port"); !ok || n != metricsPort {
 				bad("%s port %v is not the metrics port", probe, port)
@@ -177,11 +177,11 @@ func firstseenProblems(objs []Object, overlay bool) (problems []string) {
 		}
 	}
 	for probe, path := range map[string]string{"livenessProbe": "/healthz", "readinessProbe": "/readyz", "startupProbe": "/readyz"} {
-		if get(c, probe) == nil {
+		if jget(c, probe) == nil {
 			bad("no %s", probe)
 			continue
 		}
-		if p := str(c, probe, "httpGet", "path"); p != path {
+		if p := jstr(c, probe, "httpGet", "path"); p != path {
 			bad("%s path %q, want %s", probe, p, path)
 		}
 		probePort(probe)
@@ -204,20 +204,20 @@ func firstseenProblems(objs []Object, overlay bool) (problems []string) {
 	}
 
 	// The headless Service of the StatefulSet.
-	svcName := str(sts, "spec", "serviceName")
+	svcName := jstr(sts, "spec", "serviceName")
 	svc := named(objs, "Service", svcName)
 	switch {
 	case svc == nil:
 		bad("StatefulSet serviceName %q: no such Service in the render", svcName)
-	case str(svc, "spec", "clusterIP") != "None":
-		bad("Service %s is not headless (clusterIP %q)", svcName, str(svc, "spec", "clusterIP"))
+	case jstr(svc, "spec", "clusterIP") != "None":
+		bad("Service %s is not headless (clusterIP %q)", svcName, jstr(svc, "spec", "clusterIP"))
 	case !subset(dict(svc, "spec", "selector"), podLabels):
 		bad("Service %s selector %v does not select the pods %v", svcName, dict(svc, "spec", "selector"), podLabels)
 	default:
 		found := false
-		for _, p := range list(svc, "spec", "ports") {
+		for _, p := range jlist(svc, "spec", "ports") {
 			n, _ := num(p, "port")
-			found = found || (n == metricsPort && (get(p, "targetPort") == "metrics" || get(p, "targetPort") == nil))
+			found = found || (n == metricsPort && (jget(p, "targetPort") == "metrics" || jget(p, "targetPort") == nil))
 		}
 		if !found {
 			bad("Service %s has no port %d to the metrics port", svcName, metricsPort)
@@ -225,19 +225,19 @@ func firstseenProblems(objs []Object, overlay bool) (problems []string) {
 	}
 
 	// The state volume.
-	claims := list(sts, "spec", "volumeClaimTemplates")
+	claims := jlist(sts, "spec", "volumeClaimTemplates")
 	if len(claims) == 0 {
 		bad("the StatefulSet has no volumeClaimTemplates")
 		return problems
 	}
-	claim := str(claims[0], "metadata", "name")
-	if get(claims[0], "spec", "resources", "requests", "storage") == nil {
+	claim := jstr(claims[0], "metadata", "name")
+	if jget(claims[0], "spec", "resources", "requests", "storage") == nil {
 		bad("the volume claim template requests no storage")
 	}
 	mountPath := ""
-	for _, m := range list(c, "volumeMounts") {
-		if str(m, "name") == claim {
-			mountPath = str(m, "mountPath")
+	for _, m := range jlist(c, "volumeMounts") {
+		if jstr(m, "name") == claim {
+			mountPath = jstr(m, "mountPath")
 		}
 	}
 	if mountPath == "" {
@@ -247,18 +247,18 @@ func firstseenProblems(objs []Object, overlay bool) (problems []string) {
 	}
 
 	// Static membership and the password.
-	for _, e := range list(c, "env") {
-		switch str(e, "name") {
+	for _, e := range jlist(c, "env") {
+		switch jstr(e, "name") {
 		case "FIRSTSEEN_INSTANCE_ID":
-			if str(e, "valueFrom", "fieldRef", "fieldPath") != "metadata.name" {
+			if jstr(e, "valueFrom", "fieldRef", "fieldPath") != "metadata.name" {
 				bad("FIRSTSEEN_INSTANCE_ID is not the pod name (fieldRef metadata.name): %v", e)
 			}
 		case "FIRSTSEEN_CLICKHOUSE_PASSWORD":
-			name, key := str(e, "valueFrom", "secretKeyRef", "name"), str(e, "valueFrom", "secretKeyRef", "key")
+			name, key := jstr(e, "valueFrom", "secretKeyRef", "name"), jstr(e, "valueFrom", "secretKeyRef", "key")
 			if name == "" || key == "" {
 				bad("FIRSTSEEN_CLICKHOUSE_PASSWORD is not from a Secret: %v", e)
 			} else if overlay {
-				if s := named(objs, "Secret", name); s == nil || get(s, "data", key) == nil {
+				if s := named(objs, "Secret", name); s == nil || jget(s, "data", key) == nil {
 					bad("the password's Secret %s (key %s) is not in the render", name, key)
 				}
 			} else if name != "firstseen-clickhouse" || key != "password" {
@@ -274,7 +274,7 @@ func firstseenProblems(objs []Object, overlay bool) (problems []string) {
 	for _, cm := range byKind(objs, "ConfigMap") {
 		for k := range dict(cm, "data") {
 			if strings.Contains(k, "PASSWORD") {
-				bad("%s is in plain text in the ConfigMap %s; it belongs in a Secret", k, str(cm, "metadata", "name"))
+				bad("%s is in plain text in the ConfigMap %s; it belongs in a Secret", k, jstr(cm, "metadata", "name"))
 			}
 		}
 	}
@@ -286,11 +286,11 @@ func firstseenProblems(objs []Object, overlay bool) (problems []string) {
 
 	// Resources, and the Go soft memory limit below the container's limit.
 	for _, r := range []string{"cpu", "memory"} {
-		if get(c, "resources", "requests", r) == nil {
+		if jget(c, "resources", "requests", r) == nil {
 			bad("no resources.requests.%s", r)
 		}
 	}
-	limit, err := mebibytes(get(c, "resources", "limits", "memory"))
+	limit, err := mebibytes(jget(c, "resources", "limits", "memory"))
 	if err != nil {
 		bad("resources.limits.memory: %v", err)
 	}
@@ -322,19 +322,19 @@ func firstseenProblems(objs []Object, overlay bool) (problems []string) {
 	}
 
 	// Security.
-	if get(pod, "spec", "securityContext", "runAsNonRoot") != true {
+	if jget(pod, "spec", "securityContext", "runAsNonRoot") != true {
 		bad("pod securityContext.runAsNonRoot is not true")
 	}
 	if _, ok := num(pod, "spec", "securityContext", "fsGroup"); !ok {
 		bad("pod securityContext.fsGroup is not set: the state volume may not be writable")
 	}
-	if get(c, "securityContext", "readOnlyRootFilesystem") != true {
+	if jget(c, "securityContext", "readOnlyRootFilesystem") != true {
 		bad("container readOnlyRootFilesystem is not true")
 	}
-	if get(c, "securityContext", "allowPrivilegeEscalation") != false {
+	if jget(c, "securityContext", "allowPrivilegeEscalation") != false {
 		bad("container allowPrivilegeEscalation is not false")
 	}
-	if d := list(c, "securityContext", "capabilities", "drop"); len(d) != 1 || d[0] != "ALL" {
+	if d := jlist(c, "securityContext", "capabilities", "drop"); len(d) != 1 || d[0] != "ALL" {
 		bad("container capabilities.drop %v, want [ALL]", d)
 	}
 
@@ -345,7 +345,7 @@ func firstseenProblems(objs []Object, overlay bool) (problems []string) {
 		return problems
 	}
 	if n, ok := num(pdbs[0], "spec", "maxUnavailable"); !ok || n != 1 {
-		bad("PodDisruptionBudget maxUnavailable %v, want 1", get(pdbs[0], "spec", "maxUnavailable"))
+		bad("PodDisruptionBudget maxUnavailable %v, want 1", jget(pdbs[0], "spec", "maxUnavailable"))
 	}
 	if !subset(dict(pdbs[0], "spec", "selector", "matchLabels"), podLabels) {
 		bad("PodDisruptionBudget selector %v does not select the pods %v", dict(pdbs[0], "spec", "selector", "matchLabels"), podLabels)

@@ -733,7 +733,7 @@ func unitTests(promtool, dir string) error {
 	return err
 }
 
-// jget walks decoded JSON by object keys (string) and array indexes (int);
+// jget walks decoded JSON or YAML by object keys (string) and array indexes (int);
 // nil when something on the way is missing.
 func jget(v any, path ...any) any {
 	for _, p := range path {
