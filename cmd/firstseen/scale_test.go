@@ -1012,6 +1012,16 @@ func testMisplaced(t *testing.T) {
 	e := newScaleEnv(t, 1000)
 	recs := roundRobin(e.s.recs, e.rng)
 	reps := e.startN(2)
+	// Both replicas up (their sinks open, their listeners serving) before
+	// the records come, so that both can be asked for their count.
+	e.waitFor("both replicas serving metrics", 40*time.Second, func() bool {
+		for _, r := range reps {
+			if _, err := r.metric("firstseen_ready"); err != nil {
+				return false
+			}
+		}
+		return true
+	})
 	e.produceSlices(recs, 2, nil)
 	var warned *replica
 	var line string
