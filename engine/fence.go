@@ -210,7 +210,8 @@ func (f *groupFence) retry(ctx context.Context, owner, what string, req func() (
 		}
 		select {
 		case <-time.After(backoff):
-		case <-ctx.Done():
+		case <-ctx.Done(): // a stop's shutdown timeout bounds the wait
+			return fmt.Errorf("changelog: %s: %w (gave up: %v)", what, err, ctx.Err())
 		}
 		backoff = min(backoff*2, time.Second)
 	}

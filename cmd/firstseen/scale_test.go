@@ -1012,11 +1012,12 @@ func testMisplaced(t *testing.T) {
 	e := newScaleEnv(t, 1000)
 	recs := roundRobin(e.s.recs, e.rng)
 	reps := e.startN(2)
-	// Both replicas up (their sinks open, their listeners serving) before
-	// the records come, so that both can be asked for their count.
-	e.waitFor("both replicas serving metrics", 40*time.Second, func() bool {
+	// Both replicas in the group with partitions before the records come,
+	// so that both can be asked for their count and the stop does not
+	// fall into a rebalance.
+	e.waitFor("both replicas owning partitions", 40*time.Second, func() bool {
 		for _, r := range reps {
-			if _, err := r.metric("firstseen_ready"); err != nil {
+			if n, err := r.metric("firstseen_partitions"); err != nil || n == 0 {
 				return false
 			}
 		}
