@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/firstseen/firstseen/engine"
 	"github.com/firstseen/firstseen/engine/enginetest"
 	"github.com/firstseen/firstseen/engine/workload"
@@ -79,8 +81,8 @@ func TestMetricsDuringRun(t *testing.T) {
 	settled := func(n int) func() bool {
 		return func() bool {
 			m := scrapeMetrics(t, base)
-			return m.sum("firstseen_input_records_total") == float64(n) && m.sum("firstseen_consumer_lag_records") == 0 &&
-				m.sum("firstseen_written_rows_total")+m.sum("firstseen_held_records") == float64(validIn(n))
+			return m.value("firstseen_input_records_total") == float64(n) && m.value("firstseen_consumer_lag_records") == 0 &&
+				m.value("firstseen_written_rows_total")+m.value("firstseen_held_records") == float64(validIn(n))
 		}
 	}
 	waitFor(t, run, "the first half to be checkpointed", settled(half))
@@ -92,10 +94,21 @@ func TestMetricsDuringRun(t *testing.T) {
 
 	for _, name := range []string{"firstseen_input_records_total", "firstseen_written_rows_total", "firstseen_new_rows_total",
 		"firstseen_dead_letter_records_total", "firstseen_checkpoints_total", "firstseen_input_offset",
-		"firstseen_checkpoint_duration_seconds_count", "firstseen_checkpoint_rows_sum", "firstseen_checkpoint_changelog_bytes_sum",
-		"firstseen_sink_batch_rows_sum", "firstseen_sink_write_duration_seconds_count", "firstseen_watermark_timestamp_seconds"} {
-		if after.sum(name) <= before.sum(name) {
-			t.Errorf("%s did not move while the second half was processed: %v, then %v", name, before.sum(name), after.sum(name))
+		"firstseen_watermark_timestamp_seconds"} {
+		if after.value(name) <= before.value(name) {
+			t.Errorf("%s did not move while the second half was processed: %v, then %v", name, before.value(name), after.value(name))
+		}
+	}
+	// The histograms: how many were observed (durations), or their sums
+	// (sizes).
+	for _, name := range []string{"firstseen_checkpoint_duration_seconds", "firstseen_sink_write_duration_seconds"} {
+		if _, n := after.histogram(name); n <= countOf(before.histogram(name)) {
+			t.Errorf("%s observed nothing while the second half was processed", name)
+		}
+	}
+	for _, name := range []string{"firstseen_checkpoint_rows", "firstseen_checkpoint_changelog_bytes", "firstseen_sink_batch_rows"} {
+		if sum, _ := after.histogram(name); sum <= sumOf(before.histogram(name)) {
+			t.Errorf("%s's sum did not grow while the second half was processed", name)
 		}
 	}
 	// The per-partition counts are those of the input.
@@ -116,7 +129,8 @@ func TestMetricsDuringRun(t *testing.T) {
 				valid++
 			}
 		}
-		l := fmt.Sprintf(`{partition="%d"}`, p)
+		l := strconv.Itoa(int(p))
+		at := func(name string) float64 { return after.value(name, "partition", l) }
 		checks := []struct {
 			name string
 			want float64
@@ -128,24 +142,24 @@ func TestMetricsDuringRun(t *testing.T) {
 			{"firstseen_consumer_lag_records", 0},
 		}
 		for _, c := range checks {
-			if got := after.get(c.name + l); got != c.want {
-				t.Errorf("%s%s = %v, want %v", c.name, l, got, c.want)
+			if got := at(c.name); got != c.want {
+				t.Errorf("%s{partition=%s} = %v, want %v", c.name, l, got, c.want)
 			}
 		}
-		if got := after.get("firstseen_written_rows_total"+l) + after.get("firstseen_held_records"+l); got != float64(valid) {
+		if got := at("firstseen_written_rows_total") + at("firstseen_held_records"); got != float64(valid) {
 			t.Errorf("partition %d: written + held = %v, want the %d valid records", p, got, valid)
 		}
-		if after.get("firstseen_state_size_bytes"+l) <= 0 {
+		if at("firstseen_state_size_bytes") <= 0 {
 			t.Errorf("partition %d: no state size", p)
 		}
-		wm, delay := after.get("firstseen_watermark_timestamp_seconds"+l), after.get("firstseen_watermark_delay_seconds"+l)
+		wm, delay := at("firstseen_watermark_timestamp_seconds"), at("firstseen_watermark_delay_seconds")
 		if wm < float64(time.Date(2026, 9, 1, 0, 0, 0, 0, time.UTC).Unix()) || delay <= 0 {
 			t.Errorf("partition %d: watermark %v, delay %v", p, wm, delay)
 		}
 	}
-	if after.get("firstseen_ready") != 1 || after.get("firstseen_partitions") != parts || after.get("firstseen_checkpoint_failures_total") != 0 {
-		t.Errorf("ready %v, partitions %v, checkpoint failures %v", after.get("firstseen_ready"), after.get("firstseen_partitions"),
-			after.get("firstseen_checkpoint_failures_total"))
+	if after.value("firstseen_ready") != 1 || after.value("firstseen_partitions") != parts || after.value("firstseen_checkpoint_failures_total") != 0 {
+		t.Errorf("ready %v, partitions %v, checkpoint failures %v", after.value("firstseen_ready"), after.value("firstseen_partitions"),
+			after.value("firstseen_checkpoint_failures_total"))
 	}
 	// Every metric the dashboard and alerts may name is served.
 	names, err := os.ReadFile("../../deploy/monitoring/metrics.txt")
@@ -158,12 +172,13 @@ func TestMetricsDuringRun(t *testing.T) {
 			continue
 		}
 		name, typ, labels := fields[0], fields[1], fields[2:]
-		if got := after.families[name]; got != typ {
+		fam := after.families[name]
+		if got := strings.ToLower(fam.GetType().String()); fam == nil || got != typ {
 			t.Errorf("deploy/monitoring/metrics.txt lists %s %s; a running processor serves it as %q", name, typ, got)
 			continue
 		}
 		for _, l := range labels {
-			if !after.hasLabel(name, l) {
+			if !hasLabel(fam, l) {
 				t.Errorf("deploy/monitoring/metrics.txt gives %s the label %s, which it does not have", name, l)
 			}
 		}
@@ -183,7 +198,7 @@ func TestMetricsDuringRun(t *testing.T) {
 		}
 	}
 	for p := range parts {
-		if !regexp.MustCompile(fmt.Sprintf(`(?m)^ *%d +%d +0 `, p, int64(after.get(fmt.Sprintf(`firstseen_input_offset{partition="%d"}`, p))))).MatchString(out) {
+		if !regexp.MustCompile(fmt.Sprintf(`(?m)^ *%d +%d +0 `, p, int64(after.value("firstseen_input_offset", "partition", strconv.Itoa(p))))).MatchString(out) {
 			t.Errorf("status has no line for partition %d:\n%s", p, out)
 		}
 	}
@@ -305,59 +320,31 @@ func TestSummaryAttrs(t *testing.T) {
 	}
 }
 
-// metricSamples is one scrape: samples by name and labels as exposed
-// (`name{l="v"}`), plus the families' types.
-type metricSamples struct {
-	samples  map[string]float64
-	families map[string]string
-}
-
-func scrapeMetrics(t *testing.T, base string) metricSamples {
+// scrapeMetrics reads /metrics with the parser of `firstseen status`.
+func scrapeMetrics(t *testing.T, base string) *scrapeResult {
 	t.Helper()
-	code, body := get(base + "/metrics")
-	if code != http.StatusOK {
-		t.Fatalf("/metrics = %d %s", code, body)
-	}
-	m := metricSamples{samples: map[string]float64{}, families: map[string]string{}}
-	for _, line := range strings.Split(body, "\n") {
-		if f, ok := strings.CutPrefix(line, "# TYPE "); ok {
-			m.families[strings.Fields(f)[0]] = strings.Fields(f)[1]
-		}
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			t.Fatalf("metrics line %q: %v", line, err)
-		}
-		m.samples[line[:i]] = v
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	m, err := scrape(ctx, http.DefaultClient, base+"/metrics")
+	if err != nil {
+		t.Fatal(err)
 	}
 	return m
 }
 
-func (m metricSamples) get(series string) float64 { return m.samples[series] }
+func sumOf(sum float64, _ uint64) float64 { return sum }
+func countOf(_ float64, n uint64) uint64  { return n }
 
-// hasLabel says whether a sample of the family (a histogram's or summary's
-// included) carries the label.
-func (m metricSamples) hasLabel(family, label string) bool {
-	for k := range m.samples {
-		if strings.HasPrefix(k, family) && strings.Contains(k, "{") && strings.Contains(k[strings.IndexByte(k, '{'):], label+"=") {
-			return true
+// hasLabel says whether a sample of the family carries the label.
+func hasLabel(fam *dto.MetricFamily, label string) bool {
+	for _, m := range fam.Metric {
+		for _, l := range m.Label {
+			if l.GetName() == label {
+				return true
+			}
 		}
 	}
 	return false
-}
-
-// sum adds the samples of a name over all label sets.
-func (m metricSamples) sum(name string) float64 {
-	var s float64
-	for k, v := range m.samples {
-		if k == name || strings.HasPrefix(k, name+"{") {
-			s += v
-		}
-	}
-	return s
 }
 
 // get fetches url; code 0 means no answer.
