@@ -271,7 +271,13 @@ func TestBrokerRestart(t *testing.T) {
 	s := newScenario(t, brokers, workload.Config{Users: 4000, Days: 2, Partitions: 3, Seed: 5, LateShare: 0.01, MalformedShare: 0.01})
 	half := len(s.recs) / 2
 	enginetest.Produce(t, brokers, activity, s.recs[:half])
-	p := start(t, "run", nil, s.args()...)
+	// ClickHouse only: kfake restarted on its data does not keep the
+	// epoch of a transaction in flight, so a kill inside a changelog
+	// transaction ends the run with INVALID_PRODUCER_EPOCH (real Kafka
+	// keeps producer state across restarts). The Kafka sink's rows make
+	// that transaction, and so the window, longer; see the issue note.
+	p := start(t, "run", nil, s.args("--sink", "clickhouse")...)
+	s.kafkaSink = false
 	s.waitRows(t, p, 1, time.Minute)
 
 	b.kill()
